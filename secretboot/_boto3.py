@@ -1,0 +1,116 @@
+"""The boto3 transport: one session, one client per service, built on first use."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from secretboot import _transport as t
+
+# Standard retry mode (exponential backoff with jitter on throttling, 5xx and
+# connection errors); explicit timeouts so a dead endpoint cannot eat the
+# whole Lambda init phase.
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 5.0
+TOTAL_MAX_ATTEMPTS = 3
+
+
+class Boto3Transport:
+    """``Transport`` over boto3. Clients are thread-safe; building them is not."""
+
+    def __init__(self, aws: Mapping[str, str], *, max_pool_connections: int) -> None:
+        # ``aws`` holds the AWS_* variables of the environment being booted, so
+        # a mapping passed to bootstrap(environ=...) or a .env file governs
+        # region, endpoint and credentials just as os.environ would.
+        self._aws = dict(aws)
+        self._pool = max_pool_connections
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, service: str) -> Any:
+        client = self._clients.get(service)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                client = self._build(service)
+                self._clients[service] = client
+        return client
+
+    def _build(self, service: str) -> Any:
+        import boto3.session
+        from botocore.config import Config
+
+        aws = self._aws
+        if self._session is None:
+            self._session = boto3.session.Session(
+                aws_access_key_id=aws.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=aws.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=aws.get("AWS_SESSION_TOKEN"),
+                region_name=aws.get("AWS_REGION") or aws.get("AWS_DEFAULT_REGION"),
+                profile_name=aws.get("AWS_PROFILE") if "AWS_ACCESS_KEY_ID" not in aws else None,
+            )
+        config = Config(
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
+            max_pool_connections=self._pool,
+        )
+        return self._session.client(service, config=config, endpoint_url=endpoint_url(aws, service))
+
+    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+        kwargs: dict[str, Any] = {"CiphertextBlob": ciphertext}
+        if context:
+            kwargs["EncryptionContext"] = dict(context)
+        if key_id:
+            kwargs["KeyId"] = key_id
+        with _translated():
+            answer = self._client("kms").decrypt(**kwargs)
+        plaintext: bytes = answer["Plaintext"]
+        return plaintext
+
+    def get_parameters(self, names: Sequence[str]) -> t.Parameters:
+        with _translated():
+            answer = self._client("ssm").get_parameters(Names=list(names), WithDecryption=True)
+        found = [t.Parameter(p["Name"], p.get("ARN", ""), p["Value"]) for p in answer.get("Parameters", ())]
+        return t.Parameters(found, list(answer.get("InvalidParameters", ())))
+
+
+def endpoint_url(aws: Mapping[str, str], service: str) -> str | None:
+    """The endpoint from ``AWS_ENDPOINT_URL_<SERVICE>`` or ``AWS_ENDPOINT_URL``."""
+    if aws.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return aws.get(f"AWS_ENDPOINT_URL_{service.upper()}") or aws.get("AWS_ENDPOINT_URL") or None
+
+
+class _translated:
+    """Turn botocore's exceptions into ``TransportError`` with a reason code."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        from botocore import exceptions as be
+
+        if isinstance(exc, be.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            raise t.TransportError(t.reason_for_code(code), str(error.get("Message", ""))) from exc
+        if isinstance(exc, (be.ConnectTimeoutError, be.ReadTimeoutError)):
+            raise t.TransportError(t.TIMEOUT, type(exc).__name__) from exc
+        if isinstance(exc, (be.EndpointConnectionError, be.ConnectionClosedError, be.HTTPClientError)):
+            raise t.TransportError(t.CONNECTION_ERROR, type(exc).__name__) from exc
+        if isinstance(exc, be.NoCredentialsError):
+            raise t.TransportError(t.NO_CREDENTIALS, "no AWS credentials found") from exc
+        if isinstance(exc, be.NoRegionError):
+            raise t.TransportError(t.NO_REGION, "set AWS_REGION") from exc
+        if isinstance(exc, be.ParamValidationError):
+            # botocore's message can quote the request; keep only the kind.
+            raise t.TransportError(t.INVALID_REQUEST, "request failed client-side validation") from None
+        if isinstance(exc, be.BotoCoreError):
+            raise t.TransportError(t.SERVICE_ERROR, type(exc).__name__) from exc

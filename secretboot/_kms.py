@@ -1,0 +1,65 @@
+"""KMS source: one ``Decrypt`` per distinct ciphertext."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+
+from secretboot import _transport as t
+from secretboot._errors import Failure
+from secretboot._outcome import Outcome, decode
+from secretboot._reference import KmsReference
+from secretboot._settings import KmsSettings
+
+_DETAILS = {
+    t.INVALID_CIPHERTEXT: "wrong encryption context, wrong key, or damaged ciphertext",
+    t.ACCESS_DENIED: "not allowed to use the key for kms:Decrypt",
+    t.INCORRECT_KEY: "the ciphertext was not encrypted under SECRETBOOT_KMS_KEY_ID",
+    t.KEY_UNAVAILABLE: "the key is disabled, pending deletion, or unavailable",
+}
+
+
+class KmsResolver:
+    def __init__(self, transport: t.Transport, settings: KmsSettings) -> None:
+        self._transport = transport
+        self._settings = settings
+
+    def plan(self, refs: Mapping[str, KmsReference]) -> list[Callable[[], Outcome]]:
+        """One task per distinct ciphertext; variables sharing one share its call."""
+        by_blob: dict[KmsReference, list[str]] = {}
+        for variable, ref in refs.items():
+            by_blob.setdefault(ref, []).append(variable)
+        return [partial(self._decrypt, ref, names) for ref, names in by_blob.items()]
+
+    def _decrypt(self, ref: KmsReference, variables: Sequence[str]) -> Outcome:
+        outcome = Outcome()
+        contexts = self._settings.contexts
+        try:
+            for attempt, context in enumerate(contexts, 1):
+                outcome.calls["kms"] += 1
+                try:
+                    plaintext = self._transport.decrypt(
+                        ref.ciphertext, context=context, key_id=self._settings.key_id
+                    )
+                    break
+                except t.TransportError as exc:
+                    # Only a context mismatch is worth another try without it.
+                    if exc.reason != t.INVALID_CIPHERTEXT or attempt == len(contexts):
+                        raise
+        except t.TransportError as exc:
+            detail = _DETAILS.get(exc.reason, exc.detail)
+            if exc.reason == t.INVALID_CIPHERTEXT:
+                detail += f" (tried {_describe(contexts)})"
+            outcome.failures.extend(Failure(v, ref.kind, ref.target, exc.reason, detail) for v in variables)
+            return outcome
+        decode(outcome, plaintext, variables, kind=ref.kind, target=ref.target)
+        return outcome
+
+
+def _describe(contexts: Sequence[Mapping[str, str] | None]) -> str:
+    """Name the contexts tried by their keys only."""
+    parts = [
+        "no encryption context" if c is None else "encryption context with keys " + ", ".join(sorted(c))
+        for c in contexts
+    ]
+    return " then ".join(parts)

@@ -1,0 +1,35 @@
+"""What one resolution task produces: values, failures, and API calls made."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from secretboot._errors import Failure
+
+
+class Outcome:
+    __slots__ = ("calls", "failures", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        self.failures: list[Failure] = []
+        self.calls: Counter[str] = Counter()
+
+    def merge(self, other: Outcome) -> None:
+        self.values.update(other.values)
+        self.failures.extend(other.failures)
+        self.calls.update(other.calls)
+
+
+def decode(outcome: Outcome, plaintext: bytes, variables: Sequence[str], *, kind: str, target: str) -> None:
+    """Record ``plaintext`` as text for every variable, or a failure if it is not UTF-8."""
+    try:
+        text = plaintext.decode("utf-8")
+    except UnicodeDecodeError:
+        outcome.failures.extend(
+            Failure(v, kind, target, "NotText", "the plaintext is not UTF-8 text") for v in variables
+        )
+        return
+    for variable in variables:
+        outcome.values[variable] = text

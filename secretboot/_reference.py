@@ -1,0 +1,278 @@
+"""The reference grammar: detection (cheap) and parsing (pure, no I/O).
+
+See docs/reference-syntax.md. ``is_reference`` is a quick test meant for every
+environment variable; ``parse_reference`` turns a value into an immutable typed
+reference whose ``str()`` is its canonical form, so that
+``parse_reference(str(ref)) == ref``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from base64 import b64decode, b64encode
+from collections.abc import Callable
+from typing import TypeVar
+
+from secretboot._errors import ReferenceSyntaxError
+
+KMS_PREFIX = "kms:"
+SSM_PREFIX = "ssm:"
+DYNAMIC_MARK = "{{resolve:"
+
+# Genuine AWS KMS symmetric ciphertext starts with these bytes, so its base64
+# starts with "AQICAH". The format is undocumented: a heuristic, kept narrow.
+_KMS_HEADER = b"\x01\x02\x02\x00\x78"
+_KMS_B64_HEAD = "AQICAH"
+# KMS limits: a ciphertext blob is at most 6144 bytes. Real symmetric blobs are
+# never shorter than about 150 bytes; 64 keeps short look-alikes out.
+_KMS_MAX_BLOB = 6144
+_KMS_MIN_BARE_BLOB = 64
+
+_B64_STD = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_SSM_NAME = re.compile(r"/?[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*")
+_SSM_SELECTOR = re.compile(r"[1-9][0-9]{0,18}|[A-Za-z][A-Za-z0-9_.\-]{0,99}")
+_SSM_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z\-]*):ssm:(?P<region>[a-z0-9\-]+):(?P<account>[0-9]{12}):"
+    r"parameter(?P<name>/[A-Za-z0-9_.\-/]+)"
+)
+_DYNAMIC = re.compile(r"\{\{resolve:(?P<kind>[a-z\-]+):(?P<body>[^{}]*)\}\}")
+# SSM caps a fully qualified name at 2048 characters (ARN included).
+_SSM_MAX_NAME = 2048
+
+
+class KmsReference:
+    """KMS ciphertext to be decrypted with ``Decrypt``.
+
+    ``repr`` shows only the blob's size; ``str`` is the canonical form
+    ``kms:<base64>``, which contains the ciphertext.
+    """
+
+    __slots__ = ("ciphertext",)
+    kind = "kms"
+    ciphertext: bytes
+
+    def __init__(self, ciphertext: bytes) -> None:
+        if not isinstance(ciphertext, bytes):
+            raise TypeError("ciphertext must be bytes")
+        if not 0 < len(ciphertext) <= _KMS_MAX_BLOB:
+            raise ReferenceSyntaxError(f"KMS ciphertext must be 1 to {_KMS_MAX_BLOB} bytes")
+        object.__setattr__(self, "ciphertext", ciphertext)
+
+    @property
+    def target(self) -> str:
+        """A description safe to log: the blob's size, not its content."""
+        return f"<ciphertext, {len(self.ciphertext)} bytes>"
+
+    def __str__(self) -> str:
+        return KMS_PREFIX + b64encode(self.ciphertext).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"KmsReference({self.target})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KmsReference):
+            return NotImplemented
+        return self.ciphertext == other.ciphertext
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.ciphertext))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("references are immutable")
+
+    def __reduce__(self) -> tuple[type[KmsReference], tuple[bytes]]:
+        return (KmsReference, (self.ciphertext,))
+
+
+class SsmReference:
+    """An SSM parameter, read with ``GetParameters`` and ``WithDecryption``.
+
+    ``name`` is a parameter name (``/path/name`` or ``name``) or an ARN;
+    ``selector`` is a version (``"3"``), a label (``"prod"``) or ``None``.
+    """
+
+    __slots__ = ("name", "selector")
+    kind = "ssm"
+    name: str
+    selector: str | None
+
+    def __init__(self, name: str, selector: str | None = None) -> None:
+        _check_ssm_name(name)
+        if selector is not None and not _SSM_SELECTOR.fullmatch(selector):
+            raise ReferenceSyntaxError(
+                "SSM selector must be a version number (1 or more) or a label starting with a letter"
+            )
+        if selector is not None and selector.lower().startswith(("aws", "ssm")):
+            raise ReferenceSyntaxError("SSM labels cannot begin with 'aws' or 'ssm'")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "selector", selector)
+
+    @property
+    def request_name(self) -> str:
+        """The name as ``GetParameters`` takes it, selector included."""
+        return self.name if self.selector is None else f"{self.name}:{self.selector}"
+
+    @property
+    def parameter_name(self) -> str:
+        """The parameter's own name, derived from the ARN if needed."""
+        match = _SSM_ARN.fullmatch(self.name)
+        if match is None:
+            return self.name
+        rest = match["name"][1:]
+        return "/" + rest if "/" in rest else rest
+
+    @property
+    def target(self) -> str:
+        return self.request_name
+
+    def __str__(self) -> str:
+        return SSM_PREFIX + self.request_name
+
+    def __repr__(self) -> str:
+        return f"SsmReference({self.request_name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SsmReference):
+            return NotImplemented
+        return (self.name, self.selector) == (other.name, other.selector)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name, self.selector))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("references are immutable")
+
+    def __reduce__(self) -> tuple[type[SsmReference], tuple[str, str | None]]:
+        return (SsmReference, (self.name, self.selector))
+
+
+Reference = KmsReference | SsmReference
+
+
+def _check_ssm_name(name: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError("SSM name must be a str")
+    if not name:
+        raise ReferenceSyntaxError("SSM parameter name is empty")
+    if len(name) > _SSM_MAX_NAME:
+        raise ReferenceSyntaxError(f"SSM parameter name is longer than {_SSM_MAX_NAME} characters")
+    if name.startswith("arn:"):
+        if not _SSM_ARN.fullmatch(name) or "//" in name:
+            raise ReferenceSyntaxError("not a valid SSM parameter ARN")
+        return
+    if not _SSM_NAME.fullmatch(name):
+        raise ReferenceSyntaxError(
+            "SSM parameter name may hold only letters, digits, '_', '.', '-' and '/' separators"
+        )
+    if "/" in name and not name.startswith("/"):
+        raise ReferenceSyntaxError("hierarchical SSM parameter names must begin with '/'")
+
+
+def looks_like_kms_ciphertext(value: str) -> bool:
+    """True for bare base64 of genuine AWS KMS symmetric ciphertext.
+
+    This is what the Lambda console's encryption helpers store. Only values
+    starting ``AQICAH`` are decoded at all, so ordinary values cost a prefix test.
+    """
+    if not value.startswith(_KMS_B64_HEAD) or len(value) % 4 or not _B64_STD.fullmatch(value):
+        return False
+    try:
+        blob = b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return blob.startswith(_KMS_HEADER) and _KMS_MIN_BARE_BLOB <= len(blob) <= _KMS_MAX_BLOB
+
+
+def is_reference(value: str) -> bool:
+    """Cheap test: could this value be a reference? Parsing may still reject it."""
+    return (
+        value.startswith((KMS_PREFIX, SSM_PREFIX))
+        or DYNAMIC_MARK in value
+        or looks_like_kms_ciphertext(value)
+    )
+
+
+def parse_reference(value: str, *, variable: str | None = None) -> Reference | None:
+    """Parse ``value``; ``None`` when it is a plain value, not a reference.
+
+    Raises ``ReferenceSyntaxError`` naming ``variable`` (never the value) when
+    the value is meant as a reference but is malformed.
+    """
+    if not isinstance(value, str):
+        raise TypeError("value must be a str")
+    if value.startswith(KMS_PREFIX):
+        return _parsed("kms", _parse_kms_base64, value[len(KMS_PREFIX) :], variable)
+    if value.startswith(SSM_PREFIX):
+        return _parsed("ssm", _parse_ssm, value[len(SSM_PREFIX) :], variable)
+    if DYNAMIC_MARK in value:
+        return _parsed("dynamic", _parse_dynamic, value, variable)
+    if looks_like_kms_ciphertext(value):
+        return KmsReference(b64decode(value))
+    return None
+
+
+def parse_kms(value: str, *, variable: str | None = None) -> KmsReference:
+    """Parse a value that must be KMS ciphertext (``kms:`` prefix optional)."""
+    body = value[len(KMS_PREFIX) :] if value.startswith(KMS_PREFIX) else value
+    return _parsed("kms", _parse_kms_base64, body, variable)
+
+
+_R = TypeVar("_R", KmsReference, SsmReference)
+
+
+def _parsed(kind: str, parser: Callable[[str], _R], body: str, variable: str | None) -> _R:
+    """Run ``parser``, naming the variable and kind in any syntax error."""
+    try:
+        return parser(body)
+    except ReferenceSyntaxError as exc:
+        raise ReferenceSyntaxError(exc.reason, variable=variable, kind=kind) from None
+
+
+def _parse_kms_base64(body: str) -> KmsReference:
+    if not body:
+        raise ReferenceSyntaxError("KMS ciphertext is empty")
+    if len(body) % 4 or not _B64_STD.fullmatch(body):
+        raise ReferenceSyntaxError("KMS ciphertext is not valid standard base64")
+    try:
+        blob = b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ReferenceSyntaxError("KMS ciphertext is not valid standard base64") from None
+    return KmsReference(blob)
+
+
+def _parse_ssm(body: str) -> SsmReference:
+    name, selector = _split_selector(body)
+    return SsmReference(name, selector)
+
+
+def _split_selector(body: str) -> tuple[str, str | None]:
+    # An ARN has colons of its own; the selector is whatever follows the
+    # parameter path, which never contains a colon.
+    head = ""
+    if body.startswith("arn:"):
+        cut = body.find(":parameter/")
+        if cut < 0:
+            raise ReferenceSyntaxError("not a valid SSM parameter ARN")
+        head, body = body[: cut + len(":parameter")], body[cut + len(":parameter") :]
+    name, sep, selector = body.partition(":")
+    if sep and not selector:
+        raise ReferenceSyntaxError("SSM selector after ':' is empty")
+    return head + name, (selector if sep else None)
+
+
+def _parse_dynamic(value: str) -> SsmReference:
+    match = _DYNAMIC.fullmatch(value)
+    if match is None:
+        raise ReferenceSyntaxError(
+            "a {{resolve:...}} dynamic reference must be the whole value, "
+            "as {{resolve:ssm-secure:NAME[:VERSION]}} or {{resolve:ssm:NAME[:VERSION]}}"
+        )
+    kind = match["kind"]
+    if kind not in ("ssm", "ssm-secure"):
+        raise ReferenceSyntaxError(f"dynamic reference kind {kind!r} is not supported; use ssm or ssm-secure")
+    name, version = _split_selector(match["body"])
+    # CloudFormation's own syntax allows only a version number here.
+    if version is not None and not version.isdecimal():
+        raise ReferenceSyntaxError("dynamic reference version must be a number")
+    return SsmReference(name, version)

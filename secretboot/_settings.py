@@ -1,0 +1,72 @@
+"""Configuration: explicit argument > SECRETBOOT_* variable > default, read at call time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from secretboot._errors import ConfigurationError
+
+KMS_VARS = "SECRETBOOT_KMS_VARS"
+KMS_CONTEXT = "SECRETBOOT_KMS_CONTEXT"
+KMS_KEY_ID = "SECRETBOOT_KMS_KEY_ID"
+ENV_FILE = "SECRETBOOT_ENV_FILE"
+EXPORT = "SECRETBOOT_EXPORT"
+LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class KmsSettings:
+    """How every ``Decrypt`` is called.
+
+    ``contexts`` are the encryption contexts to try, in order: ``None`` means
+    no context. In Lambda the console helpers' context comes first, with no
+    context as the fallback for values encrypted by the CLI or before ~2021.
+    """
+
+    __slots__ = ("contexts", "key_id")
+
+    def __init__(self, contexts: tuple[Mapping[str, str] | None, ...], key_id: str | None) -> None:
+        self.contexts = contexts
+        self.key_id = key_id
+
+
+def kms_settings(env: Mapping[str, str]) -> KmsSettings:
+    raw = env.get(KMS_CONTEXT)
+    key_id = env.get(KMS_KEY_ID) or None
+    if raw is not None and raw.strip():
+        return KmsSettings((_parse_context(raw),), key_id)
+    function = env.get(LAMBDA_FUNCTION_NAME)
+    if function:
+        return KmsSettings(({"LambdaFunctionName": function}, None), key_id)
+    return KmsSettings((None,), key_id)
+
+
+def _parse_context(raw: str) -> dict[str, str]:
+    import json
+
+    try:
+        context = json.loads(raw)
+    except ValueError:
+        raise ConfigurationError(f"{KMS_CONTEXT} is not valid JSON") from None
+    if not isinstance(context, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in context.items()
+    ):
+        raise ConfigurationError(f"{KMS_CONTEXT} must be a JSON object of strings to strings")
+    return context
+
+
+def kms_vars(env: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(name.strip() for name in env.get(KMS_VARS, "").split(",") if name.strip())
+
+
+def flag(env: Mapping[str, str], name: str, explicit: bool | None) -> bool:
+    if explicit is not None:
+        return explicit
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be one of 1/0, true/false, yes/no, on/off")

@@ -1,0 +1,112 @@
+"""The seam between resolvers and AWS: decrypt one blob, get many parameters.
+
+Resolvers speak only this interface, so a faster transport can replace boto3
+without touching them. Transports raise ``TransportError`` with a normalised
+reason code and a message already scrubbed of anything that looks like data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+# Reasons, normalised across transports. Values are what users see in errors.
+ACCESS_DENIED = "AccessDenied"
+INVALID_CREDENTIALS = "InvalidCredentials"
+NO_CREDENTIALS = "NoCredentials"
+NO_REGION = "NoRegion"
+INVALID_CIPHERTEXT = "InvalidCiphertext"
+INCORRECT_KEY = "IncorrectKey"
+KEY_UNAVAILABLE = "KeyUnavailable"
+NOT_FOUND = "NotFound"
+PARAMETER_NOT_FOUND = "ParameterNotFound"
+THROTTLED = "Throttled"
+TIMEOUT = "Timeout"
+CONNECTION_ERROR = "ConnectionError"
+SERVICE_ERROR = "ServiceError"
+INVALID_REQUEST = "InvalidRequest"
+
+# AWS error codes (and moto's XML 403) mapped to the reasons above.
+_CODES: Mapping[str, str] = {
+    "AccessDeniedException": ACCESS_DENIED,
+    "AccessDenied": ACCESS_DENIED,
+    "403": ACCESS_DENIED,
+    "UnrecognizedClientException": INVALID_CREDENTIALS,
+    "InvalidClientTokenId": INVALID_CREDENTIALS,
+    "InvalidSignatureException": INVALID_CREDENTIALS,
+    "SignatureDoesNotMatch": INVALID_CREDENTIALS,
+    "ExpiredTokenException": INVALID_CREDENTIALS,
+    "ExpiredToken": INVALID_CREDENTIALS,
+    "InvalidCiphertextException": INVALID_CIPHERTEXT,
+    "IncorrectKeyException": INCORRECT_KEY,
+    "DisabledException": KEY_UNAVAILABLE,
+    "KMSInvalidStateException": KEY_UNAVAILABLE,
+    "KeyUnavailableException": KEY_UNAVAILABLE,
+    "InvalidKeyUsageException": KEY_UNAVAILABLE,
+    "NotFoundException": NOT_FOUND,
+    "ParameterNotFound": PARAMETER_NOT_FOUND,
+    "ParameterVersionNotFound": PARAMETER_NOT_FOUND,
+    "ThrottlingException": THROTTLED,
+    "Throttling": THROTTLED,
+    "TooManyRequestsException": THROTTLED,
+    "RequestLimitExceeded": THROTTLED,
+    "ValidationException": INVALID_REQUEST,
+    "InvalidParameterValue": INVALID_REQUEST,
+    "InternalFailure": SERVICE_ERROR,
+    "InternalServerError": SERVICE_ERROR,
+    "ServiceUnavailable": SERVICE_ERROR,
+    "DependencyTimeoutException": SERVICE_ERROR,
+    "KMSInternalException": SERVICE_ERROR,
+}
+
+# Runs of base64-ish characters long enough to be data. ARNs, key ids and
+# parameter names in AWS messages survive; anything blob-like does not.
+_DATA_LIKE = re.compile(r"[A-Za-z0-9+/=_\-]{40,}")
+_MAX_DETAIL = 300
+
+
+def reason_for_code(code: str) -> str:
+    if code in _CODES:
+        return _CODES[code]
+    if code.isdecimal() and code.startswith("5"):
+        return SERVICE_ERROR
+    return code or SERVICE_ERROR
+
+
+def scrub(message: str) -> str:
+    """Make an AWS error message safe to show: no data-like runs, bounded size."""
+    cleaned = _DATA_LIKE.sub("[redacted]", " ".join(message.split()))
+    return cleaned[:_MAX_DETAIL]
+
+
+class TransportError(Exception):
+    """A request failed. ``reason`` is one of this module's reason codes."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = scrub(detail)
+        super().__init__(f"{reason}: {self.detail}" if self.detail else reason)
+
+
+class Parameter(NamedTuple):
+    """One entry of a ``GetParameters`` answer."""
+
+    name: str
+    arn: str
+    value: str
+
+
+class Parameters(NamedTuple):
+    found: Sequence[Parameter]
+    invalid: Sequence[str]
+
+
+class Transport(Protocol):
+    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+        """Decrypt one KMS blob; raise ``TransportError``."""
+        ...
+
+    def get_parameters(self, names: Sequence[str]) -> Parameters:
+        """One ``GetParameters`` call (at most 10 names, with decryption)."""
+        ...

@@ -1,0 +1,87 @@
+"""Shared fixtures: one moto server per session on 127.0.0.1, reset between tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+import secretboot
+
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def moto_api(endpoint: str, path: str, body: bytes = b"") -> None:
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/{path}", data=body, method="POST", headers={"Content-Type": "text/plain"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state() -> Iterator[None]:
+    """Every test starts unbooted and leaves os.environ as it found it."""
+    secretboot.reset()
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        secretboot.reset()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A clean moto and an environment pointing at it (also set in os.environ)."""
+    moto_api(moto_endpoint, "reset")
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "SECRETBOOT_")):
+            monkeypatch.delenv(name)
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_REGION": REGION, **CREDENTIALS}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def kms(aws_env: dict[str, str]) -> Any:
+    return boto3.client("kms", region_name=REGION, endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+
+
+@pytest.fixture
+def ssm(aws_env: dict[str, str]) -> Any:
+    return boto3.client("ssm", region_name=REGION, endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+
+
+@pytest.fixture
+def key_id(kms: Any) -> str:
+    return str(kms.create_key(Description="secretboot tests")["KeyMetadata"]["KeyId"])
