@@ -108,13 +108,15 @@ def _boot(
     path = env_file if env_file is not None else view.get(s.ENV_FILE) or None
     file_values = _read_env_file(path) if path is not None else {}
     merged = {**file_values, **view}
+    # Every setting is read, and may fail, before any request is made.
     kms_vars = s.kms_vars(merged)
     do_export = s.flag(merged, s.EXPORT, export)
+    settings = s.Settings(merged)
 
     refs, failures = _scan(merged, kms_vars)
     from secretboot._resolve import resolve
 
-    outcome = resolve(refs, merged)
+    outcome = resolve(refs, settings)
     failures.extend(outcome.failures)
     elapsed_ms = (time.perf_counter() - started) * 1000
     log = _logger()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from secretboot import _transport as t
@@ -16,6 +18,31 @@ READ_TIMEOUT = 5.0
 TOTAL_MAX_ATTEMPTS = 3
 
 
+# botocore logs request parameters and response bodies at DEBUG: ciphertext
+# going out, plaintext coming back. Those records are dropped for our calls.
+_BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers")
+_calling = threading.local()
+
+
+class _DropOurBodies(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG or not getattr(_calling, "active", False)
+
+
+_filter = _DropOurBodies()
+
+
+@contextmanager
+def _call() -> Iterator[None]:
+    """Mark this thread as making a secretboot call; translate botocore errors."""
+    _calling.active = True
+    try:
+        with _translated():
+            yield
+    finally:
+        _calling.active = False
+
+
 class Boto3Transport:
     """``Transport`` over boto3. Clients are thread-safe; building them is not."""
 
@@ -23,7 +50,7 @@ class Boto3Transport:
         # ``aws`` holds the AWS_* variables of the environment being booted, so
         # a mapping passed to bootstrap(environ=...) or a .env file governs
         # region, endpoint and credentials just as os.environ would.
-        self._aws = dict(aws)
+        self._aws = aws
         self._pool = max_pool_connections
         self._lock = threading.Lock()
         self._session: Any = None
@@ -43,6 +70,9 @@ class Boto3Transport:
     def _build(self, service: str) -> Any:
         import boto3.session
         from botocore.config import Config
+
+        for name in _BODY_LOGGERS:
+            logging.getLogger(name).addFilter(_filter)  # idempotent
 
         aws = self._aws
         if self._session is None:
@@ -67,13 +97,13 @@ class Boto3Transport:
             kwargs["EncryptionContext"] = dict(context)
         if key_id:
             kwargs["KeyId"] = key_id
-        with _translated():
+        with _call():
             answer = self._client("kms").decrypt(**kwargs)
         plaintext: bytes = answer["Plaintext"]
         return plaintext
 
     def get_parameters(self, names: Sequence[str]) -> t.Parameters:
-        with _translated():
+        with _call():
             answer = self._client("ssm").get_parameters(Names=list(names), WithDecryption=True)
         found = [t.Parameter(p["Name"], p.get("ARN", ""), p["Value"]) for p in answer.get("Parameters", ())]
         return t.Parameters(found, list(answer.get("InvalidParameters", ())))

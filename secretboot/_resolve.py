@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 from secretboot._kms import KmsResolver
 from secretboot._outcome import Outcome
 from secretboot._reference import Reference
-from secretboot._settings import kms_settings
+from secretboot._settings import Settings
 from secretboot._ssm import SsmResolver
 from secretboot._transport import Transport
 
@@ -25,15 +25,13 @@ class Resolver(Protocol[R_contra]):
 
 
 # One registry keyed by reference kind: adding a source means one entry here.
-RESOLVERS: Mapping[str, Callable[[Transport, Mapping[str, str]], Resolver[Any]]] = {
-    "kms": lambda transport, env: KmsResolver(transport, kms_settings(env)),
-    "ssm": lambda transport, env: SsmResolver(transport),
+RESOLVERS: Mapping[str, Callable[[Transport, Settings], Resolver[Any]]] = {
+    "kms": lambda transport, settings: KmsResolver(transport, settings.kms),
+    "ssm": lambda transport, settings: SsmResolver(transport),
 }
 
 
-def resolve(
-    refs: Mapping[str, Reference], env: Mapping[str, str], transport: Transport | None = None
-) -> Outcome:
+def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transport | None = None) -> Outcome:
     """Resolve every reference. Failures are collected, never raised."""
     outcome = Outcome()
     if not refs:
@@ -41,10 +39,9 @@ def resolve(
     groups: dict[str, dict[str, Reference]] = {}
     for variable, ref in refs.items():
         groups.setdefault(ref.kind, {})[variable] = ref
-    # Settings are read (and may fail) before any request is made.
     if transport is None:
-        transport = default_transport(env)
-    resolvers = {kind: RESOLVERS[kind](transport, env) for kind in groups}
+        transport = default_transport(settings)
+    resolvers = {kind: RESOLVERS[kind](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
     if len(tasks) == 1:
         outcome.merge(tasks[0]())
@@ -58,8 +55,7 @@ def resolve(
     return outcome
 
 
-def default_transport(env: Mapping[str, str]) -> Transport:
+def default_transport(settings: Settings) -> Transport:
     from secretboot._boto3 import Boto3Transport
 
-    aws = {k: v for k, v in env.items() if k.startswith("AWS_")}
-    return Boto3Transport(aws, max_pool_connections=MAX_WORKERS)
+    return Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS)

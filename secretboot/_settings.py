@@ -32,6 +32,18 @@ class KmsSettings:
         self.key_id = key_id
 
 
+class Settings:
+    """Everything the resolvers need, read once from the environment being booted."""
+
+    __slots__ = ("aws", "kms")
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.kms = kms_settings(env)
+        # The AWS SDK's own variables (region, endpoint, credentials) as they
+        # are in this environment, which may be a mapping or include a .env file.
+        self.aws = {k: v for k, v in env.items() if k.startswith("AWS_")}
+
+
 def kms_settings(env: Mapping[str, str]) -> KmsSettings:
     raw = env.get(KMS_CONTEXT)
     key_id = env.get(KMS_KEY_ID) or None

@@ -1,0 +1,65 @@
+"""The README's snippet and the quick-start example run as tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import secretboot
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _quickstart() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "docs" / "examples" / "quickstart.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_snippet_works_as_written(aws_env: dict[str, str]) -> None:
+    snippet = README.split("<!-- readme-snippet -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    os.environ.update(_quickstart()._provision(aws_env["AWS_ENDPOINT_URL"]))
+    namespace: dict[str, object] = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["api_url"] == "https://example.com"
+    password = namespace["db_password"]
+    assert isinstance(password, str) and re.fullmatch(r"[0-9a-f]{24}", password)
+    secrets = namespace["secrets"]
+    assert isinstance(secrets, secretboot.Keyring)
+    assert sorted(secrets) == ["API_TOKEN", "DB_PASSWORD", "LEGACY_KEY", "SIGNING_KEY"]
+
+
+def test_quickstart_command_runs_and_prints_no_values() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SECRETBOOT_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    run = subprocess.run(
+        [sys.executable, "docs/examples/quickstart.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    output = run.stdout + run.stderr
+    for name in ("API_TOKEN", "DB_PASSWORD", "LEGACY_KEY", "SIGNING_KEY"):
+        assert f"resolved {name}" in output
+    assert "resolved 4 secrets" in output
+    # The example's secrets are random hex of 24 or 32 characters; none may be printed.
+    assert not re.search(r"[0-9a-f]{24,}", output)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    lines = README.splitlines()
+    command = lines[lines.index("# 2. Run the tests") + 1]
+    assert "pytest" in command
+    assert "grep -A1 '^# 2. Run the tests' README.md" in (ROOT / ".ci" / "run").read_text()
