@@ -1,0 +1,139 @@
+"""Resolver logic over an in-memory transport that answers the way AWS does.
+
+moto cannot answer GetParameters by ARN and never returns ``Selector``; these
+cases are checked here against answers shaped like real AWS ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from secretboot import KmsReference, SsmReference, parse_reference
+from secretboot import _transport as t
+from secretboot._resolve import resolve
+from secretboot._settings import Settings
+
+ARN_PREFIX = "arn:aws:ssm:us-east-1:123456789012:parameter"
+
+
+class AwsLikeTransport:
+    """Parameters by name, with versions; KMS blobs bound to one context."""
+
+    def __init__(self) -> None:
+        self.parameters: dict[str, list[str]] = {}
+        self.blobs: dict[bytes, tuple[dict[str, str] | None, bytes]] = {}
+        self.batches: list[list[str]] = []
+
+    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+        if ciphertext not in self.blobs or self.blobs[ciphertext][0] != (dict(context) if context else None):
+            raise t.TransportError(t.INVALID_CIPHERTEXT)
+        return self.blobs[ciphertext][1]
+
+    def get_parameters(self, names: Sequence[str]) -> t.Parameters:
+        assert len(names) <= 10
+        self.batches.append(list(names))
+        found, invalid = [], []
+        for request in names:
+            name = request
+            if name.startswith(ARN_PREFIX + "/"):
+                name = name[len(ARN_PREFIX) + 1 :]
+            name, _, selector = name.partition(":")
+            if "/" in name and not name.startswith("/"):
+                name = "/" + name
+            versions = self.parameters.get(name)
+            index = int(selector) - 1 if selector else -1
+            if versions is None or not -len(versions) <= index < len(versions):
+                invalid.append(request)
+                continue
+            # Real AWS names the parameter, not the request, and gives the ARN.
+            arn = ARN_PREFIX + (name if name.startswith("/") else "/" + name)
+            found.append(t.Parameter(name, arn, versions[index]))
+        return t.Parameters(found, invalid)
+
+
+@pytest.fixture
+def transport() -> AwsLikeTransport:
+    return AwsLikeTransport()
+
+
+def _resolve(
+    refs: Mapping[str, str], transport: AwsLikeTransport, **env: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    parsed = {}
+    for name, value in refs.items():
+        ref = parse_reference(value, variable=name)
+        assert ref is not None
+        parsed[name] = ref
+    outcome = resolve(parsed, Settings(env), transport)
+    return outcome.values, {f.variable: f.reason for f in outcome.failures}
+
+
+def test_arn_references_map_back_to_their_variables(transport: AwsLikeTransport) -> None:
+    transport.parameters = {"/app/a": ["a1", "a2"], "bare": ["b1"]}
+    values, failures = _resolve(
+        {
+            "BY_ARN": f"ssm:{ARN_PREFIX}/app/a",
+            "BY_ARN_V1": f"ssm:{ARN_PREFIX}/app/a:1",
+            "BY_NAME": "ssm:/app/a",
+            "BARE_ARN": f"ssm:{ARN_PREFIX}/bare",
+        },
+        transport,
+    )
+    assert failures == {}
+    assert values == {"BY_ARN": "a2", "BY_ARN_V1": "a1", "BY_NAME": "a2", "BARE_ARN": "b1"}
+    # Three requests name /app/a: no batch may hold two of them.
+    for batch in transport.batches:
+        names = [
+            SsmReference(*n.rsplit(":", 1)) if n.count(":") in (1, 6) else SsmReference(n) for n in batch
+        ]
+        assert len({n.parameter_name for n in names}) == len(names)
+
+
+def test_invalid_and_missing_answers_fail_by_name(transport: AwsLikeTransport) -> None:
+    transport.parameters = {"/app/a": ["a1"]}
+    values, failures = _resolve(
+        {"OK": "ssm:/app/a", "NO": "ssm:/app/none", "BAD_V": "ssm:/app/a:5"}, transport
+    )
+    assert values == {"OK": "a1"}
+    assert failures == {"NO": "ParameterNotFound", "BAD_V": "ParameterNotFound"}
+
+
+def test_an_answer_that_drops_a_parameter_is_a_failure(transport: AwsLikeTransport) -> None:
+    class Forgetful(AwsLikeTransport):
+        def get_parameters(self, names: Sequence[str]) -> t.Parameters:
+            answer = super().get_parameters(names)
+            return t.Parameters(answer.found[1:], answer.invalid)
+
+    forgetful = Forgetful()
+    forgetful.parameters = {"/a": ["1"], "/b": ["2"]}
+    values, failures = _resolve({"A": "ssm:/a", "B": "ssm:/b"}, forgetful)
+    assert len(values) == 1 and list(failures.values()) == ["ServiceError"]
+
+
+@pytest.mark.parametrize(
+    ("bound_to", "env", "expected"),
+    [
+        ({"LambdaFunctionName": "fn"}, {"AWS_LAMBDA_FUNCTION_NAME": "fn"}, "ok"),
+        (None, {"AWS_LAMBDA_FUNCTION_NAME": "fn"}, "ok"),
+        (None, {}, "ok"),
+        ({"LambdaFunctionName": "fn"}, {}, "InvalidCiphertext"),
+        ({"a": "b"}, {"SECRETBOOT_KMS_CONTEXT": '{"a": "b"}'}, "ok"),
+        (None, {"SECRETBOOT_KMS_CONTEXT": '{"a": "b"}'}, "InvalidCiphertext"),
+    ],
+)
+def test_encryption_context_modes(
+    transport: AwsLikeTransport, bound_to: dict[str, str] | None, env: dict[str, str], expected: str
+) -> None:
+    blob = b"\x01\x02\x02\x00\x78" + bytes(80)
+    transport.blobs[blob] = (bound_to, b"plain")
+    values, failures = _resolve({"S": str(KmsReference(blob))}, transport, **env)
+    assert (values, failures) == (({"S": "plain"}, {}) if expected == "ok" else ({}, {"S": expected}))
+
+
+def test_non_utf8_plaintext_is_a_named_failure(transport: AwsLikeTransport) -> None:
+    blob = b"\x01\x02\x02\x00\x78" + bytes(80)
+    transport.blobs[blob] = (None, b"\xff\xfe binary")
+    values, failures = _resolve({"BIN": str(KmsReference(blob))}, transport)
+    assert (values, failures) == ({}, {"BIN": "NotText"})
