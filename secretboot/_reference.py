@@ -34,7 +34,7 @@ _SSM_NAME = re.compile(r"/?[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*")
 _SSM_SELECTOR = re.compile(r"[1-9][0-9]{0,18}|[A-Za-z][A-Za-z0-9_.\-]{0,99}")
 _SSM_ARN = re.compile(
     r"arn:(?P<partition>aws[a-z\-]*):ssm:(?P<region>[a-z0-9\-]+):(?P<account>[0-9]{12}):"
-    r"parameter(?P<name>/[A-Za-z0-9_.\-/]+)"
+    r"parameter/(?P<path>[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*)"
 )
 _DYNAMIC = re.compile(r"\{\{resolve:(?P<kind>[a-z\-]+):(?P<body>[^{}]*)\}\}")
 # SSM caps a fully qualified name at 2048 characters (ARN included).
@@ -81,6 +81,9 @@ class KmsReference:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("references are immutable")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("references are immutable")
+
     def __reduce__(self) -> tuple[type[KmsReference], tuple[bytes]]:
         return (KmsReference, (self.ciphertext,))
 
@@ -119,8 +122,8 @@ class SsmReference:
         match = _SSM_ARN.fullmatch(self.name)
         if match is None:
             return self.name
-        rest = match["name"][1:]
-        return "/" + rest if "/" in rest else rest
+        path = match["path"]
+        return "/" + path if "/" in path else path
 
     @property
     def target(self) -> str:
@@ -143,6 +146,9 @@ class SsmReference:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("references are immutable")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("references are immutable")
+
     def __reduce__(self) -> tuple[type[SsmReference], tuple[str, str | None]]:
         return (SsmReference, (self.name, self.selector))
 
@@ -158,7 +164,7 @@ def _check_ssm_name(name: str) -> None:
     if len(name) > _SSM_MAX_NAME:
         raise ReferenceSyntaxError(f"SSM parameter name is longer than {_SSM_MAX_NAME} characters")
     if name.startswith("arn:"):
-        if not _SSM_ARN.fullmatch(name) or "//" in name:
+        if not _SSM_ARN.fullmatch(name):
             raise ReferenceSyntaxError("not a valid SSM parameter ARN")
         return
     if not _SSM_NAME.fullmatch(name):

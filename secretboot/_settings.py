@@ -60,7 +60,7 @@ def _parse_context(raw: str) -> dict[str, str]:
 
     try:
         context = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ConfigurationError(f"{KMS_CONTEXT} is not valid JSON") from None
     if not isinstance(context, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in context.items()

@@ -60,9 +60,11 @@ _CODES: Mapping[str, str] = {
     "KMSInternalException": SERVICE_ERROR,
 }
 
-# Runs of base64-ish characters long enough to be data. ARNs, key ids and
-# parameter names in AWS messages survive; anything blob-like does not.
+# Runs of base64-ish characters long enough to be data. Words that are ARNs
+# (key and parameter names users need to debug) survive; anything else
+# blob-like does not.
 _DATA_LIKE = re.compile(r"[A-Za-z0-9+/=_\-]{40,}")
+_ARN = re.compile(r"arn:aws[a-z\-]*:[a-z0-9\-]+:[a-z0-9\-]*:[0-9]{0,12}:[A-Za-z0-9_.:/\-]+")
 _MAX_DETAIL = 300
 
 
@@ -76,8 +78,15 @@ def reason_for_code(code: str) -> str:
 
 def scrub(message: str) -> str:
     """Make an AWS error message safe to show: no data-like runs, bounded size."""
-    cleaned = _DATA_LIKE.sub("[redacted]", " ".join(message.split()))
-    return cleaned[:_MAX_DETAIL]
+    words = []
+    for word in message.split():
+        arn = _ARN.search(word)
+        if arn is None:
+            words.append(_DATA_LIKE.sub("[redacted]", word))
+        else:
+            head, tail = word[: arn.start()], word[arn.end() :]
+            words.append(_DATA_LIKE.sub("[redacted]", head) + arn[0] + _DATA_LIKE.sub("[redacted]", tail))
+    return " ".join(words)[:_MAX_DETAIL]
 
 
 class TransportError(Exception):

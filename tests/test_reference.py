@@ -122,7 +122,9 @@ def test_bare_kms_detection_requires_exact_standard_base64(transform: Callable[[
         pytest.param("ssm:name", "name", None, "name", "name", id="bare-name"),
         pytest.param("ssm:/name", "/name", None, "/name", "/name", id="rooted-single"),
         pytest.param("ssm:/p/n:3", "/p/n", "3", "/p/n:3", "/p/n", id="version"),
-        pytest.param("ssm:/p/n:1234567890", "/p/n", "1234567890", "/p/n:1234567890", "/p/n", id="big-version"),
+        pytest.param(
+            "ssm:/p/n:1234567890", "/p/n", "1234567890", "/p/n:1234567890", "/p/n", id="big-version"
+        ),
         pytest.param("ssm:/p/n:prod", "/p/n", "prod", "/p/n:prod", "/p/n", id="label"),
         pytest.param("ssm:n:Blue-2.x_y", "n", "Blue-2.x_y", "n:Blue-2.x_y", "n", id="label-punctuation"),
         pytest.param(f"ssm:{ARN}/p/n", f"{ARN}/p/n", None, f"{ARN}/p/n", "/p/n", id="arn"),
@@ -141,7 +143,12 @@ def test_bare_kms_detection_requires_exact_standard_base64(transform: Callable[[
         pytest.param("{{resolve:ssm-secure:/p/n:4}}", "/p/n", "4", "/p/n:4", "/p/n", id="dynamic-secure-ver"),
         pytest.param("{{resolve:ssm:name:2}}", "name", "2", "name:2", "name", id="dynamic-plain-ver"),
         pytest.param(
-            f"{{{{resolve:ssm-secure:{ARN}/p/n:7}}}}", f"{ARN}/p/n", "7", f"{ARN}/p/n:7", "/p/n", id="dynamic-arn"
+            f"{{{{resolve:ssm-secure:{ARN}/p/n:7}}}}",
+            f"{ARN}/p/n",
+            "7",
+            f"{ARN}/p/n:7",
+            "/p/n",
+            id="dynamic-arn",
         ),
     ],
 )
@@ -159,6 +166,25 @@ def test_valid_ssm(
     assert ref.target == request_name
     assert ref == SsmReference(name, selector)
     assert str(ref) == "ssm:" + request_name
+
+
+@pytest.mark.parametrize("path", ["x/", "x/y/"])
+def test_arn_and_name_forms_accept_the_same_paths(path: str) -> None:
+    with pytest.raises(ReferenceSyntaxError):
+        SsmReference("/" + path)
+    try:
+        ref = SsmReference(f"{ARN}/{path}")
+    except ReferenceSyntaxError:
+        return
+    raise AssertionError(f"ARN accepted for a path rejected as a name; parameter_name={ref.parameter_name!r}")
+
+
+def test_non_canonical_base64_is_normalised() -> None:
+    # Non-zero unused bits in the last character decode to the same byte.
+    ref = parse_reference("kms:QR==")
+    assert ref == KmsReference(b"A")
+    assert str(ref) == "kms:QQ=="
+    assert parse_reference(str(ref)) == ref
 
 
 def test_dynamic_and_prefix_forms_give_the_same_reference() -> None:
@@ -192,6 +218,7 @@ PLAIN_VALUES = [
     pytest.param("aGVsbG8gd29ybGQ=", id="plain-base64"),
     pytest.param("AQICAH", id="kms-b64-head-only"),
     pytest.param("AQICAHgA", id="kms-b64-head-short"),
+    pytest.param("AQICAHnotreally", id="kms-b64-head-not-base64"),
     pytest.param("true", id="boolean"),
     pytest.param("42", id="number"),
     pytest.param("arn:aws:ssm:us-east-1:123456789012:parameter/p/n", id="arn-without-ssm-prefix"),
@@ -241,9 +268,13 @@ MALFORMED = [
     pytest.param("ssm:arn:aws:ssm:us-east-1:123456789012:zq9/x", "ssm", "zq9", id="ssm-arn-no-parameter"),
     pytest.param(f"ssm:{ARN}//zq9secret", "ssm", "zq9secret", id="ssm-arn-double-slash"),
     pytest.param(f"ssm:{ARN}/zq9secret:", "ssm", "zq9secret", id="ssm-arn-empty-selector"),
-    pytest.param("ssm:arn:aws:kms:us-east-1:123456789012:parameter/zq9", "ssm", "zq9", id="ssm-arn-kms-service"),
+    pytest.param(
+        "ssm:arn:aws:kms:us-east-1:123456789012:parameter/zq9", "ssm", "zq9", id="ssm-arn-kms-service"
+    ),
     pytest.param("{{resolve:secretsmanager:x}}", "dynamic", "secretsmanager:x", id="dynamic-secretsmanager"),
-    pytest.param("{{resolve:secretsmanager:Zq9DbSecret}}", "dynamic", "Zq9DbSecret", id="dynamic-unsupported"),
+    pytest.param(
+        "{{resolve:secretsmanager:Zq9DbSecret}}", "dynamic", "Zq9DbSecret", id="dynamic-unsupported"
+    ),
     pytest.param("{{resolve:ssm-secure:/a:label}}", "dynamic", "/a:label", id="dynamic-label"),
     pytest.param("{{resolve:ssm-secure:/a:0}}", "dynamic", "/a:0", id="dynamic-version-zero"),
     pytest.param("{{resolve:ssm-secure:/zq9secret:}}", "dynamic", "zq9secret", id="dynamic-empty-version"),
@@ -356,12 +387,7 @@ def test_references_are_immutable(value: str) -> None:
     assert (str(ref), hash(ref)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: references define __setattr__ but not __delattr__, so `del ref.name` empties the slot",
-)
-@pytest.mark.parametrize("value", ["ssm:/p/n:3", "kms:" + b64(SMALL_BLOB)])
+@pytest.mark.parametrize("value", ["ssm:/p/n:3", "kms:" + b64(SMALL_BLOB)], ids=["ssm", "kms"])
 def test_reference_attributes_cannot_be_deleted(value: str) -> None:
     ref = parse_reference(value)
     assert ref is not None
@@ -389,7 +415,7 @@ def test_equality_across_kinds_is_false() -> None:
     ssm = SsmReference("name")
     assert kms != ssm
     assert ssm != kms
-    assert not (kms == ssm)
+    assert (kms == ssm) is False
     assert kms != b"name"
     assert ssm != "name"
     assert ssm != "ssm:name"
@@ -445,8 +471,8 @@ ARN_NAME = st.builds(
         f"arn:{partition}:ssm:{region}:{account}:parameter/" + "/".join(parts)
     ),
     st.sampled_from(["aws", "aws-cn", "aws-us-gov"]),
-    st.from_regex(r"[a-z]{2}-[a-z]{4,9}-[1-9]", fullmatch=True),
-    st.from_regex(r"[0-9]{12}", fullmatch=True),
+    st.sampled_from(["us-east-1", "eu-west-3", "cn-north-1", "us-gov-west-1", "ap-southeast-2"]),
+    st.integers(min_value=0, max_value=10**12 - 1).map(lambda n: f"{n:012d}"),
     st.lists(SEGMENT, min_size=1, max_size=5),
 )
 VERSION = st.integers(min_value=1, max_value=10**19 - 1).map(str)
@@ -514,7 +540,9 @@ def test_bare_kms_property(tail: bytes) -> None:
 
 URL = st.builds(
     lambda scheme, userinfo, host, port, path: f"{scheme}://{userinfo}{host}{port}{path}",
-    st.sampled_from(["http", "https", "postgres", "postgresql", "mysql", "redis", "amqp", "s3", "ftp", "file"]),
+    st.sampled_from(
+        ["http", "https", "postgres", "postgresql", "mysql", "redis", "amqp", "s3", "ftp", "file"]
+    ),
     st.one_of(st.just(""), st.from_regex(r"[a-z0-9]{1,8}(:[A-Za-z0-9!$%]{0,12})?@", fullmatch=True)),
     st.from_regex(r"[a-z0-9]([a-z0-9\-]{0,20}\.){0,3}[a-z]{2,6}", fullmatch=True),
     st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}")),
@@ -595,7 +623,10 @@ REFERENCE_ISH = st.builds(
             "AQICAH",
         ]
     ),
-    st.one_of(st.text(max_size=40), st.text(alphabet=string.ascii_letters + string.digits + ":/=+{}.-_", max_size=40)),
+    st.one_of(
+        st.text(max_size=40),
+        st.text(alphabet=string.ascii_letters + string.digits + ":/=+{}.-_", max_size=40),
+    ),
     st.sampled_from(["", "}}", ":", ":3", ":0", ":prod", "=", "=="]),
 )
 
