@@ -37,7 +37,8 @@ _SSM_ARN = re.compile(
     r"parameter/(?P<path>[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*)"
 )
 _DYNAMIC = re.compile(r"\{\{resolve:(?P<kind>[a-z\-]+):(?P<body>[^{}]*)\}\}")
-# SSM caps a fully qualified name at 2048 characters (ARN included).
+# The API's Names field takes up to 2048 characters (an ARN included); SSM
+# itself enforces its tighter rules (1011-character names, 15 levels).
 _SSM_MAX_NAME = 2048
 
 

@@ -50,6 +50,12 @@ class SsmResolver:
         try:
             answer = self._transport.get_parameters([ref.request_name for ref in chunk])
         except t.TransportError as exc:
+            if exc.reason == t.ACCESS_DENIED and len(chunk) > 1:
+                # IAM denies the whole call if it denies one name in it; ask
+                # for each alone so the error names only the denied ones.
+                for ref, variables in chunk.items():
+                    outcome.merge(self._fetch({ref: variables}))
+                return outcome
             detail = _DETAILS.get(exc.reason, exc.detail)
             for ref, variables in chunk.items():
                 outcome.failures.extend(

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 import secretboot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +65,36 @@ def test_ci_runs_the_readme_test_command() -> None:
     command = lines[lines.index("# 2. Run the tests") + 1]
     assert "pytest" in command
     assert "grep -A1 '^# 2. Run the tests' README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def _grammar_examples() -> list[tuple[str, str]]:
+    text = (ROOT / "docs" / "reference-syntax.md").read_text()
+    section = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            value, expected = (cell.strip() for cell in line.strip().strip("|").split(" | ", 1))
+            rows.append((value[1:-1], expected))
+    return rows
+
+
+EXAMPLES = _grammar_examples()
+
+
+@pytest.mark.parametrize(("value", "expected"), EXAMPLES, ids=[v[:40] for v, _ in EXAMPLES])
+def test_grammar_doc_examples_parse_as_documented(value: str, expected: str) -> None:
+    try:
+        ref = secretboot.parse_reference(value, variable="VAR")
+    except secretboot.ReferenceSyntaxError as exc:
+        assert expected == f"error ({exc.kind}): {exc.reason}"
+        return
+    if ref is None:
+        assert expected.startswith("plain")
+        assert not secretboot.is_reference(value)
+    else:
+        assert expected.startswith(f"`{ref}`")
+        assert secretboot.parse_reference(str(ref)) == ref
+
+
+def test_grammar_doc_has_examples() -> None:
+    assert len(EXAMPLES) >= 20

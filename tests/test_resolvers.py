@@ -137,3 +137,20 @@ def test_non_utf8_plaintext_is_a_named_failure(transport: AwsLikeTransport) -> N
     transport.blobs[blob] = (None, b"\xff\xfe binary")
     values, failures = _resolve({"BIN": str(KmsReference(blob))}, transport)
     assert (values, failures) == ({}, {"BIN": "NotText"})
+
+
+def test_access_denied_batch_is_narrowed_to_the_denied_names(transport: AwsLikeTransport) -> None:
+    class DeniesOne(AwsLikeTransport):
+        def get_parameters(self, names: Sequence[str]) -> t.Parameters:
+            if "/other-team/secret" in names:
+                self.batches.append(list(names))
+                raise t.TransportError(t.ACCESS_DENIED, "not authorized")
+            return super().get_parameters(names)
+
+    denying = DeniesOne()
+    denying.parameters = {"/app/a": ["a"], "/app/b": ["b"]}
+    values, failures = _resolve(
+        {"A": "ssm:/app/a", "B": "ssm:/app/b", "STOLEN": "ssm:/other-team/secret"}, denying
+    )
+    assert values == {"A": "a", "B": "b"}
+    assert failures == {"STOLEN": "AccessDenied"}
