@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from secretboot import _settings as s
@@ -138,9 +139,7 @@ def _boot(
     _state.environ = base
     _state.file_values = file_values
     _state.kms_vars = kms_vars
-    kinds: dict[str, int] = {}
-    for ref in refs.values():
-        kinds[ref.kind] = kinds.get(ref.kind, 0) + 1
+    kinds = Counter(ref.kind for ref in refs.values())
     log.info(
         "resolved %d secrets (%s) with %d API calls (%s) in %.0f ms",
         len(keyring),

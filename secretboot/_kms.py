@@ -59,7 +59,7 @@ class KmsResolver:
 def _describe(contexts: Sequence[Mapping[str, str] | None]) -> str:
     """Name the contexts tried by their keys only."""
     parts = [
-        "no encryption context" if c is None else "encryption context with keys " + ", ".join(sorted(c))
+        "encryption context with keys " + ", ".join(sorted(c)) if c else "no encryption context"
         for c in contexts
     ]
     return " then ".join(parts)
