@@ -10,14 +10,6 @@ from typing import Any
 
 from secretboot import _transport as t
 
-# Standard retry mode (exponential backoff with jitter on throttling, 5xx and
-# connection errors); explicit timeouts so a dead endpoint cannot eat the
-# whole Lambda init phase.
-CONNECT_TIMEOUT = 2.0
-READ_TIMEOUT = 5.0
-TOTAL_MAX_ATTEMPTS = 3
-
-
 # botocore logs request parameters and response bodies at DEBUG: ciphertext
 # going out, plaintext coming back. Those records are dropped for our calls.
 _BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers")
@@ -84,9 +76,9 @@ class Boto3Transport:
                 profile_name=aws.get("AWS_PROFILE") if "AWS_ACCESS_KEY_ID" not in aws else None,
             )
         config = Config(
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
-            retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
+            connect_timeout=t.CONNECT_TIMEOUT,
+            read_timeout=t.READ_TIMEOUT,
+            retries={"mode": "standard", "total_max_attempts": t.TOTAL_MAX_ATTEMPTS},
             max_pool_connections=self._pool,
         )
         return self._session.client(service, config=config, endpoint_url=endpoint_url(aws, service))

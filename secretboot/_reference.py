@@ -12,7 +12,6 @@ import binascii
 import re
 from base64 import b64decode, b64encode
 from collections.abc import Callable
-from typing import TypeVar
 
 from secretboot._errors import ReferenceSyntaxError
 
@@ -222,13 +221,13 @@ def parse_reference(value: str, *, variable: str | None = None) -> Reference | N
 def parse_kms(value: str, *, variable: str | None = None) -> KmsReference:
     """Parse a value that must be KMS ciphertext (``kms:`` prefix optional)."""
     body = value[len(KMS_PREFIX) :] if value.startswith(KMS_PREFIX) else value
-    return _parsed("kms", _parse_kms_base64, body, variable)
+    try:
+        return _parse_kms_base64(body)
+    except ReferenceSyntaxError as exc:
+        raise ReferenceSyntaxError(exc.reason, variable=variable, kind="kms") from None
 
 
-_R = TypeVar("_R", KmsReference, SsmReference)
-
-
-def _parsed(kind: str, parser: Callable[[str], _R], body: str, variable: str | None) -> _R:
+def _parsed(kind: str, parser: Callable[[str], Reference], body: str, variable: str | None) -> Reference:
     """Run ``parser``, naming the variable and kind in any syntax error."""
     try:
         return parser(body)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from secretboot._errors import ConfigurationError
 from secretboot._kms import KmsResolver
 from secretboot._outcome import Outcome
 from secretboot._reference import Reference
-from secretboot._settings import Settings
+from secretboot._settings import TRANSPORT, Settings
 from secretboot._ssm import SsmResolver
 from secretboot._transport import Transport
 
@@ -56,6 +57,18 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
 
 
 def default_transport(settings: Settings) -> Transport:
+    """The fast transport where it can serve the environment, else boto3.
+
+    ``SECRETBOOT_TRANSPORT`` forces one: ``fast`` is an error where it cannot serve.
+    """
+    if settings.transport != "boto3":
+        from secretboot import _fast
+
+        why = _fast.unsupported(settings.aws)
+        if why is None:
+            return _fast.FastTransport(settings.aws)
+        if settings.transport == "fast":
+            raise ConfigurationError(f"{TRANSPORT}=fast, but {why}")
     from secretboot._boto3 import Boto3Transport
 
     return Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS)

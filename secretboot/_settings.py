@@ -11,6 +11,8 @@ KMS_CONTEXT = "SECRETBOOT_KMS_CONTEXT"
 KMS_KEY_ID = "SECRETBOOT_KMS_KEY_ID"
 ENV_FILE = "SECRETBOOT_ENV_FILE"
 EXPORT = "SECRETBOOT_EXPORT"
+TRANSPORT = "SECRETBOOT_TRANSPORT"
+TRANSPORTS = ("auto", "fast", "boto3")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -35,13 +37,17 @@ class KmsSettings:
 class Settings:
     """Everything the resolvers need, read once from the environment being booted."""
 
-    __slots__ = ("aws", "kms")
+    __slots__ = ("aws", "kms", "transport")
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.kms = kms_settings(env)
-        # The AWS SDK's own variables (region, endpoint, credentials) as they
-        # are in this environment, which may be a mapping or include a .env file.
-        self.aws = {k: v for k, v in env.items() if k.startswith("AWS_")}
+        # The AWS SDK's own variables (region, endpoint, credentials, proxies)
+        # as they are in this environment, which may be a mapping or include a
+        # .env file.
+        self.aws = {k: v for k, v in env.items() if k.startswith("AWS_") or k.lower().endswith("_proxy")}
+        self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
+        if self.transport not in TRANSPORTS:
+            raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
 
 
 def kms_settings(env: Mapping[str, str]) -> KmsSettings:

@@ -11,6 +11,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+# Both transports: standard-mode retries (exponential backoff with jitter on
+# throttling, 5xx and connection errors) and explicit timeouts, so a dead
+# endpoint cannot eat the whole Lambda init phase.
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 5.0
+TOTAL_MAX_ATTEMPTS = 3
+
 # Reasons, normalised across transports. Values are what users see in errors.
 ACCESS_DENIED = "AccessDenied"
 INVALID_CREDENTIALS = "InvalidCredentials"

@@ -59,14 +59,24 @@ def _clean_state() -> Iterator[None]:
         os.environ.update(saved)
 
 
-@pytest.fixture
-def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A clean moto and an environment pointing at it (also set in os.environ)."""
+@pytest.fixture(params=["fast", "boto3"])
+def aws_env(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> dict[str, str]:
+    """A clean moto and an environment pointing at it (also set in os.environ).
+
+    Every integration test runs once on each transport.
+    """
     moto_api(moto_endpoint, "reset")
     for name in list(os.environ):
-        if name.startswith(("AWS_", "SECRETBOOT_")):
+        if name.startswith(("AWS_", "SECRETBOOT_")) or name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
-    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_REGION": REGION, **CREDENTIALS}
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_REGION": REGION,
+        "SECRETBOOT_TRANSPORT": request.param,
+        **CREDENTIALS,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

@@ -1,0 +1,266 @@
+"""The fast transport: KMS and SSM's JSON APIs over ``http.client`` with SigV4.
+
+Importing botocore and building its clients costs far more than the requests
+themselves on a cold start; this speaks the two calls secretboot needs with the
+standard library. It keeps boto3's behaviour where it matters: standard-mode
+retries (exponential backoff with full jitter on throttling, 5xx and connection
+errors), connect and read timeouts, TLS verified against the system's trust
+store, keep-alive connections reused per endpoint, the same reason codes.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from secretboot import _sigv4
+from secretboot import _transport as t
+
+_TARGETS = {"kms": "TrentService", "ssm": "AmazonSSM"}
+_USER_AGENT = "secretboot/0.1.0 (fast transport)"
+
+# botocore's standard retry mode, mirrored.
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+    }
+)
+_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+_TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+_THROTTLING_BASE = 1.0
+_TRANSIENT_BASE = 0.05
+_MAX_BACKOFF = 20.0
+
+# Regions of the standard "aws" partition, whose endpoints are
+# {service}.{region}.amazonaws.com. Anything else goes to boto3.
+_STANDARD_REGION = re.compile(r"(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]+")
+_XML_CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,100})</Code>")
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unsupported(env: Mapping[str, str]) -> str | None:
+    """Why the fast transport cannot serve this environment, or ``None`` if it can."""
+    if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
+        return "AWS credentials are not in the environment"
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not region:
+        return "no AWS_REGION is set"
+    for flag in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"):
+        if env.get(flag, "").lower() == "true":
+            return f"{flag} is set"
+    if any(env.get(name) for name in _PROXY_VARIABLES):
+        return "an HTTP proxy is configured"
+    for service in _TARGETS:
+        url = _endpoint_override(env, service)
+        if url is None and not _STANDARD_REGION.fullmatch(region):
+            return f"region {region!r} is outside the standard partition"
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            return f"the {service} endpoint is not an http(s) URL"
+    return None
+
+
+def _endpoint_override(env: Mapping[str, str], service: str) -> str | None:
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL") or None
+
+
+class FastTransport:
+    """``Transport`` over ``http.client``. Thread-safe; connections pooled per endpoint."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        why = unsupported(env)
+        if why is not None:
+            raise ValueError(f"the fast transport cannot be used: {why}")
+        self._region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
+        self._access_key = env["AWS_ACCESS_KEY_ID"]
+        self._secret_key = env["AWS_SECRET_ACCESS_KEY"]
+        self._token = env.get("AWS_SESSION_TOKEN") or None
+        self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
+        self._rand = rand
+        self._sleep = sleep
+        self._pools = {
+            service: _Pool(
+                _endpoint_override(env, service) or f"https://{service}.{self._region}.amazonaws.com",
+                self._ca_bundle,
+            )
+            for service in _TARGETS
+        }
+        self.retries = 0
+
+    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+        payload: dict[str, Any] = {"CiphertextBlob": base64.b64encode(ciphertext).decode("ascii")}
+        if context:
+            payload["EncryptionContext"] = dict(context)
+        if key_id:
+            payload["KeyId"] = key_id
+        answer = self._call("kms", "Decrypt", payload)
+        try:
+            return base64.b64decode(answer["Plaintext"], validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise t.TransportError(t.SERVICE_ERROR, "malformed Decrypt response") from None
+
+    def get_parameters(self, names: Sequence[str]) -> t.Parameters:
+        answer = self._call("ssm", "GetParameters", {"Names": list(names), "WithDecryption": True})
+        try:
+            found = [
+                t.Parameter(p["Name"], p.get("ARN", ""), p["Value"]) for p in answer.get("Parameters", ())
+            ]
+            return t.Parameters(found, list(answer.get("InvalidParameters", ())))
+        except (KeyError, TypeError, AttributeError):
+            raise t.TransportError(t.SERVICE_ERROR, "malformed GetParameters response") from None
+
+    def _call(self, service: str, operation: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        pool = self._pools[service]
+        body = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"{_TARGETS[service]}.{operation}",
+            "User-Agent": _USER_AGENT,
+        }
+        for attempt in range(1, t.TOTAL_MAX_ATTEMPTS + 1):
+            signed = _sigv4.sign(
+                method="POST",
+                host=pool.host_header,
+                path=pool.path,
+                headers=headers,
+                body=body,
+                access_key=self._access_key,
+                secret_key=self._secret_key,
+                session_token=self._token,
+                region=self._region,
+                service=service,
+            )
+            base = _TRANSIENT_BASE
+            try:
+                status, answer_headers, data = pool.send(signed, body)
+            except TimeoutError:
+                error = t.TransportError(t.TIMEOUT, f"{operation} timed out")
+            except (OSError, http.client.HTTPException) as exc:
+                error = t.TransportError(t.CONNECTION_ERROR, type(exc).__name__)
+            else:
+                if status == 200:
+                    try:
+                        answer: dict[str, Any] = json.loads(data)
+                    except ValueError:
+                        raise t.TransportError(t.SERVICE_ERROR, f"{operation} answered non-JSON") from None
+                    return answer
+                code, message = _error(status, answer_headers, data)
+                error = t.TransportError(t.reason_for_code(code), message)
+                if code in _THROTTLING_CODES:
+                    base = _THROTTLING_BASE
+                elif code not in _TRANSIENT_CODES and status not in _TRANSIENT_STATUS:
+                    raise error
+            if attempt == t.TOTAL_MAX_ATTEMPTS:
+                raise error
+            self.retries += 1
+            self._sleep(self._rand() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF))
+        raise AssertionError("unreachable")
+
+
+def _error(status: int, headers: Mapping[str, str], data: bytes) -> tuple[str, str]:
+    """The AWS error code and message of a failed answer."""
+    code = headers.get("x-amzn-errortype", "").split(":", 1)[0]
+    message = ""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        # Not JSON (moto's IAM denials are XML); botocore then reports the status.
+        match = _XML_CODE.search(data.decode("utf-8", "replace"))
+        return (match[1] if match else code or str(status)), ""
+    if isinstance(parsed, dict):
+        code = code or str(parsed.get("__type", "")).rsplit("#", 1)[-1]
+        message = str(parsed.get("message") or parsed.get("Message") or "")
+    return code or str(status), message
+
+
+class _Pool:
+    """Keep-alive connections to one endpoint; each request takes one exclusively."""
+
+    def __init__(self, url: str, ca_bundle: str | None) -> None:
+        parts = urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        default_port = 443 if self._https else 80
+        self._port = parts.port or default_port
+        self.host_header = self._host if self._port == default_port else f"{self._host}:{self._port}"
+        self.path = parts.path or "/"
+        self._ca_bundle = ca_bundle
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._ssl_context: Any = None
+
+    def send(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            try:
+                return self._exchange(conn, headers, body)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                pass  # the server closed an idle connection: not a failure, try a fresh one
+        return self._exchange(self._connect(), headers, body)
+
+    def _exchange(
+        self, conn: http.client.HTTPConnection, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        try:
+            conn.request("POST", self.path, body, dict(headers))
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException:
+            conn.close()
+            raise
+        if response.will_close:
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append(conn)
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=t.CONNECT_TIMEOUT, context=self._context()
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=t.CONNECT_TIMEOUT)
+        conn.connect()
+        # http.client has one timeout; connect with one, then read with the other.
+        if conn.sock is not None:
+            conn.sock.settimeout(t.READ_TIMEOUT)
+        return conn
+
+    def _context(self) -> Any:
+        with self._lock:
+            if self._ssl_context is None:
+                import ssl  # only for https: it costs several milliseconds to import
+
+                self._ssl_context = ssl.create_default_context(cafile=self._ca_bundle)
+            return self._ssl_context
