@@ -141,11 +141,12 @@ def _boot(
     _state.kms_vars = kms_vars
     kinds = Counter(ref.kind for ref in refs.values())
     log.info(
-        "resolved %d secrets (%s) with %d API calls (%s) in %.0f ms",
+        "resolved %d secrets (%s) with %d API calls (%s)%s in %.0f ms",
         len(keyring),
         _counts(kinds),
         calls,
         _counts(outcome.calls),
+        f" via {outcome.transport}" if outcome.transport else "",
         elapsed_ms,
     )
     return keyring

@@ -38,6 +38,8 @@ def _call() -> Iterator[None]:
 class Boto3Transport:
     """``Transport`` over boto3. Clients are thread-safe; building them is not."""
 
+    name = "boto3"
+
     def __init__(self, aws: Mapping[str, str], *, max_pool_connections: int) -> None:
         # ``aws`` holds the AWS_* variables of the environment being booted, so
         # a mapping passed to bootstrap(environ=...) or a .env file governs

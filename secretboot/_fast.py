@@ -88,6 +88,8 @@ def _endpoint_override(env: Mapping[str, str], service: str) -> str | None:
 class FastTransport:
     """``Transport`` over ``http.client``. Thread-safe; connections pooled per endpoint."""
 
+    name = "fast"
+
     def __init__(
         self,
         env: Mapping[str, str],

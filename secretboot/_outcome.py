@@ -9,12 +9,13 @@ from secretboot._errors import Failure
 
 
 class Outcome:
-    __slots__ = ("calls", "failures", "values")
+    __slots__ = ("calls", "failures", "transport", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
         self.failures: list[Failure] = []
         self.calls: Counter[str] = Counter()
+        self.transport = ""  # which transport made the calls, if any
 
     def merge(self, other: Outcome) -> None:
         self.values.update(other.values)

@@ -42,6 +42,7 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
         groups.setdefault(ref.kind, {})[variable] = ref
     if transport is None:
         transport = default_transport(settings)
+    outcome.transport = transport.name
     resolvers = {kind: RESOLVERS[kind](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
     if len(tasks) == 1:

@@ -119,6 +119,8 @@ class Parameters(NamedTuple):
 
 
 class Transport(Protocol):
+    name: str  # for the log line: "fast" or "boto3"
+
     def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
         """Decrypt one KMS blob; raise ``TransportError``."""
         ...

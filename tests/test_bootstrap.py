@@ -403,7 +403,10 @@ def test_info_line_has_counts_and_no_values(
     caplog.set_level(logging.DEBUG)
     secretboot.bootstrap(environ=env)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "secretboot"]
-    assert line.startswith("resolved 2 secrets (kms=1, ssm=1) with 2 API calls (kms=1, ssm=1) in ")
+    transport = aws_env["SECRETBOOT_TRANSPORT"]
+    assert line.startswith(
+        f"resolved 2 secrets (kms=1, ssm=1) with 2 API calls (kms=1, ssm=1) via {transport} in "
+    )
     assert_no_leak(caplog.text, CANARY, blob)
 
 

@@ -21,6 +21,8 @@ ARN_PREFIX = "arn:aws:ssm:us-east-1:123456789012:parameter"
 class AwsLikeTransport:
     """Parameters by name, with versions; KMS blobs bound to one context."""
 
+    name = "aws-like"
+
     def __init__(self) -> None:
         self.parameters: dict[str, list[str]] = {}
         self.blobs: dict[bytes, tuple[dict[str, str] | None, bytes]] = {}
