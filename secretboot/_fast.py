@@ -115,6 +115,7 @@ class FastTransport:
             for service in _TARGETS
         }
         self.retries = 0
+        self._retries_lock = threading.Lock()
 
     def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
         payload: dict[str, Any] = {"CiphertextBlob": base64.b64encode(ciphertext).decode("ascii")}
@@ -181,7 +182,8 @@ class FastTransport:
                     raise error
             if attempt == t.TOTAL_MAX_ATTEMPTS:
                 raise error
-            self.retries += 1
+            with self._retries_lock:
+                self.retries += 1
             self._sleep(self._rand() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF))
         raise AssertionError("unreachable")
 
@@ -211,7 +213,8 @@ class _Pool:
         self._host = parts.hostname or ""
         default_port = 443 if self._https else 80
         self._port = parts.port or default_port
-        self.host_header = self._host if self._port == default_port else f"{self._host}:{self._port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host  # IPv6 literal
+        self.host_header = host if self._port == default_port else f"{host}:{self._port}"
         self.path = parts.path or "/"
         self._ca_bundle = ca_bundle
         self._idle: list[http.client.HTTPConnection] = []
@@ -224,8 +227,12 @@ class _Pool:
         if conn is not None:
             try:
                 return self._exchange(conn, headers, body)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                pass  # the server closed an idle connection: not a failure, try a fresh one
+            except TimeoutError:
+                raise
+            except (OSError, http.client.BadStatusLine):
+                # The server closed an idle connection (a reset, a broken pipe,
+                # or a TLS EOF): not a failure of this request; use a fresh one.
+                pass
         return self._exchange(self._connect(), headers, body)
 
     def _exchange(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from secretboot._errors import ConfigurationError
@@ -45,6 +46,10 @@ class Settings:
         # as they are in this environment, which may be a mapping or include a
         # .env file.
         self.aws = {k: v for k, v in env.items() if k.startswith("AWS_") or k.lower().endswith("_proxy")}
+        # boto3 takes proxies from the process environment whatever is booted.
+        for name, value in os.environ.items():
+            if name.lower().endswith("_proxy"):
+                self.aws.setdefault(name, value)
         self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
