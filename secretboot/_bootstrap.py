@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -120,11 +121,10 @@ def _boot(
     outcome = resolve(refs, settings)
     failures.extend(outcome.failures)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    log = _logger()
     calls = sum(outcome.calls.values())
     if failures:
         error = BootstrapError(failures)
-        log.warning(
+        _logger().warning(
             "could not resolve %s after %d API calls in %.0f ms",
             ", ".join(error.variables),
             calls,
@@ -139,8 +139,12 @@ def _boot(
     _state.environ = base
     _state.file_values = file_values
     _state.kms_vars = kms_vars
+    if "logging" not in sys.modules:
+        # logging was never imported, so no handler exists to show the line:
+        # skip the import on the cold-start path.
+        return keyring
     kinds = Counter(ref.kind for ref in refs.values())
-    log.info(
+    _logger().info(
         "resolved %d secrets (%s) with %d API calls (%s)%s in %.0f ms",
         len(keyring),
         _counts(kinds),

@@ -13,16 +13,18 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import random
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 from secretboot import _sigv4
 from secretboot import _transport as t
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
+if TYPE_CHECKING:
+    from typing import Any
 
 _TARGETS = {"kms": "TrentService", "ssm": "AmazonSSM"}
 _USER_AGENT = "secretboot/0.1.0 (fast transport)"
@@ -53,8 +55,8 @@ _MAX_BACKOFF = 20.0
 
 # Regions of the standard "aws" partition, whose endpoints are
 # {service}.{region}.amazonaws.com. Anything else goes to boto3.
-_STANDARD_REGION = re.compile(r"(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]+")
-_XML_CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,100})</Code>")
+_STANDARD_REGION = r"(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]+"
+_XML_CODE = r"<Code>([A-Za-z0-9.]{1,100})</Code>"
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -72,7 +74,7 @@ def unsupported(env: Mapping[str, str]) -> str | None:
         return "an HTTP proxy is configured"
     for service in _TARGETS:
         url = _endpoint_override(env, service)
-        if url is None and not _STANDARD_REGION.fullmatch(region):
+        if url is None and not re.fullmatch(_STANDARD_REGION, region):
             return f"region {region!r} is outside the standard partition"
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             return f"the {service} endpoint is not an http(s) URL"
@@ -94,7 +96,7 @@ class FastTransport:
         self,
         env: Mapping[str, str],
         *,
-        rand: Callable[[], float] = random.random,
+        rand: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         why = unsupported(env)
@@ -116,6 +118,13 @@ class FastTransport:
         }
         self.retries = 0
         self._retries_lock = threading.Lock()
+
+    def _jitter(self) -> float:
+        if self._rand is None:
+            import random  # only once a retry is due
+
+            self._rand = random.random
+        return self._rand()
 
     def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
         payload: dict[str, Any] = {"CiphertextBlob": base64.b64encode(ciphertext).decode("ascii")}
@@ -184,7 +193,7 @@ class FastTransport:
                 raise error
             with self._retries_lock:
                 self.retries += 1
-            self._sleep(self._rand() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF))
+            self._sleep(self._jitter() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF))
         raise AssertionError("unreachable")
 
 
@@ -196,7 +205,7 @@ def _error(status: int, headers: Mapping[str, str], data: bytes) -> tuple[str, s
         parsed = json.loads(data)
     except ValueError:
         # Not JSON (moto's IAM denials are XML); botocore then reports the status.
-        match = _XML_CODE.search(data.decode("utf-8", "replace"))
+        match = re.search(_XML_CODE, data.decode("utf-8", "replace"))
         return (match[1] if match else code or str(status)), ""
     if isinstance(parsed, dict):
         code = code or str(parsed.get("__type", "")).rsplit("#", 1)[-1]

@@ -28,14 +28,16 @@ _KMS_B64_HEAD = "AQICAH"
 _KMS_MAX_BLOB = 6144
 _KMS_MIN_BARE_BLOB = 64
 
-_B64_STD = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-_SSM_NAME = re.compile(r"/?[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*")
-_SSM_SELECTOR = re.compile(r"[1-9][0-9]{0,18}|[A-Za-z][A-Za-z0-9_.\-]{0,99}")
-_SSM_ARN = re.compile(
+# Patterns are strings compiled on first use (re caches them), so importing
+# costs nothing for the ones a process never needs.
+_B64_STD = r"[A-Za-z0-9+/]+={0,2}"
+_SSM_NAME = r"/?[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*"
+_SSM_SELECTOR = r"[1-9][0-9]{0,18}|[A-Za-z][A-Za-z0-9_.\-]{0,99}"
+_SSM_ARN = (
     r"arn:(?P<partition>aws[a-z\-]*):ssm:(?P<region>[a-z0-9\-]+):(?P<account>[0-9]{12}):"
     r"parameter/(?P<path>[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*)"
 )
-_DYNAMIC = re.compile(r"\{\{resolve:(?P<kind>[a-z\-]+):(?P<body>[^{}]*)\}\}")
+_DYNAMIC = r"\{\{resolve:(?P<kind>[a-z\-]+):(?P<body>[^{}]*)\}\}"
 # The API's Names field takes up to 2048 characters (an ARN included); SSM
 # itself enforces its tighter rules (1011-character names, 15 levels).
 _SSM_MAX_NAME = 2048
@@ -102,7 +104,7 @@ class SsmReference:
 
     def __init__(self, name: str, selector: str | None = None) -> None:
         _check_ssm_name(name)
-        if selector is not None and not _SSM_SELECTOR.fullmatch(selector):
+        if selector is not None and not re.fullmatch(_SSM_SELECTOR, selector):
             raise ReferenceSyntaxError(
                 "SSM selector must be a version number (1 or more) or a label starting with a letter"
             )
@@ -119,7 +121,7 @@ class SsmReference:
     @property
     def parameter_name(self) -> str:
         """The parameter's own name, derived from the ARN if needed."""
-        match = _SSM_ARN.fullmatch(self.name)
+        match = re.fullmatch(_SSM_ARN, self.name)
         if match is None:
             return self.name
         path = match["path"]
@@ -164,10 +166,10 @@ def _check_ssm_name(name: str) -> None:
     if len(name) > _SSM_MAX_NAME:
         raise ReferenceSyntaxError(f"SSM parameter name is longer than {_SSM_MAX_NAME} characters")
     if name.startswith("arn:"):
-        if not _SSM_ARN.fullmatch(name):
+        if not re.fullmatch(_SSM_ARN, name):
             raise ReferenceSyntaxError("not a valid SSM parameter ARN")
         return
-    if not _SSM_NAME.fullmatch(name):
+    if not re.fullmatch(_SSM_NAME, name):
         raise ReferenceSyntaxError(
             "SSM parameter name may hold only letters, digits, '_', '.', '-' and '/' separators"
         )
@@ -181,7 +183,7 @@ def looks_like_kms_ciphertext(value: str) -> bool:
     This is what the Lambda console's encryption helpers store. Only values
     starting ``AQICAH`` are decoded at all, so ordinary values cost a prefix test.
     """
-    if not value.startswith(_KMS_B64_HEAD) or len(value) % 4 or not _B64_STD.fullmatch(value):
+    if not value.startswith(_KMS_B64_HEAD) or len(value) % 4 or not re.fullmatch(_B64_STD, value):
         return False
     try:
         blob = b64decode(value, validate=True)
@@ -238,7 +240,7 @@ def _parsed(kind: str, parser: Callable[[str], Reference], body: str, variable: 
 def _parse_kms_base64(body: str) -> KmsReference:
     if not body:
         raise ReferenceSyntaxError("KMS ciphertext is empty")
-    if len(body) % 4 or not _B64_STD.fullmatch(body):
+    if len(body) % 4 or not re.fullmatch(_B64_STD, body):
         raise ReferenceSyntaxError("KMS ciphertext is not valid standard base64")
     try:
         blob = b64decode(body, validate=True)
@@ -268,7 +270,7 @@ def _split_selector(body: str) -> tuple[str, str | None]:
 
 
 def _parse_dynamic(value: str) -> SsmReference:
-    match = _DYNAMIC.fullmatch(value)
+    match = re.fullmatch(_DYNAMIC, value)
     if match is None:
         raise ReferenceSyntaxError(
             "a {{resolve:...}} dynamic reference must be the whole value, "

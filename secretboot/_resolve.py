@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
 from secretboot._errors import ConfigurationError
 from secretboot._kms import KmsResolver
@@ -11,18 +11,24 @@ from secretboot._outcome import Outcome
 from secretboot._reference import Reference
 from secretboot._settings import TRANSPORT, Settings
 from secretboot._ssm import SsmResolver
-from secretboot._transport import Transport
 
-# Requests in flight at once; also the HTTP connection pool size per service.
-MAX_WORKERS = 16
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
+if TYPE_CHECKING:
+    from typing import Any, Protocol, TypeVar
 
-R_contra = TypeVar("R_contra", contravariant=True)
+    from secretboot._transport import Transport
+
+    R_contra = TypeVar("R_contra", contravariant=True)
+
+    class Resolver(Protocol[R_contra]):
+        def plan(self, refs: Mapping[str, R_contra]) -> list[Callable[[], Outcome]]:
+            """Split the work into independent tasks, each making its own API calls."""
+            ...
 
 
-class Resolver(Protocol[R_contra]):
-    def plan(self, refs: Mapping[str, R_contra]) -> list[Callable[[], Outcome]]:
-        """Split the work into independent tasks, each making its own API calls."""
-        ...
+# Requests in flight at once: enough that 100 secrets (33 requests) go out in
+# one round trip. Also the HTTP connection pool size per service.
+MAX_WORKERS = 64
 
 
 # One registry keyed by reference kind: adding a source means one entry here.
@@ -45,16 +51,49 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
     outcome.transport = transport.name
     resolvers = {kind: RESOLVERS[kind](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
-    if len(tasks) == 1:
-        outcome.merge(tasks[0]())
-        return outcome
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(MAX_WORKERS, len(tasks))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secretboot") as pool:
-        for result in pool.map(lambda task: task(), tasks):
-            outcome.merge(result)
+    for result in _run_all(tasks):
+        outcome.merge(result)
     return outcome
+
+
+def _run_all(tasks: Sequence[Callable[[], Outcome]]) -> list[Outcome]:
+    """Run every task, at most ``MAX_WORKERS`` at once; re-raise the first crash.
+
+    Plain threads: concurrent.futures would add its import (and logging's) to
+    every cold start for what this does in a few lines.
+    """
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    results: list[Outcome] = []
+    crashes: list[BaseException] = []
+    pending = iter(tasks)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                task = next(pending, None)
+            if task is None:
+                return
+            try:
+                result = task()
+            except BaseException as exc:  # surfaced in the calling thread below
+                crashes.append(exc)
+                return
+            with lock:
+                results.append(result)
+
+    workers = [
+        threading.Thread(target=work, name=f"secretboot-{n}", daemon=True)
+        for n in range(min(MAX_WORKERS, len(tasks)))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if crashes:
+        raise crashes[0]
+    return results
 
 
 def default_transport(settings: Settings) -> Transport:

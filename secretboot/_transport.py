@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
+if TYPE_CHECKING:
+    from typing import Protocol
 
 # Both transports: standard-mode retries (exponential backoff with jitter on
 # throttling, 5xx and connection errors) and explicit timeouts, so a dead
@@ -70,8 +73,9 @@ _CODES: Mapping[str, str] = {
 # Runs of base64-ish characters long enough to be data. Words that are ARNs
 # (key and parameter names users need to debug) survive; anything else
 # blob-like does not.
-_DATA_LIKE = re.compile(r"[A-Za-z0-9+/=_\-]{40,}")
-_ARN = re.compile(r"arn:aws[a-z\-]*:[a-z0-9\-]+:[a-z0-9\-]*:[0-9]{0,12}:[A-Za-z0-9_.:/\-]+")
+# Patterns are strings compiled on first use (re caches them): errors are rare.
+_DATA_LIKE = r"[A-Za-z0-9+/=_\-]{40,}"
+_ARN = r"arn:aws[a-z\-]*:[a-z0-9\-]+:[a-z0-9\-]*:[0-9]{0,12}:[A-Za-z0-9_.:/\-]+"
 _MAX_DETAIL = 300
 
 
@@ -87,12 +91,14 @@ def scrub(message: str) -> str:
     """Make an AWS error message safe to show: no data-like runs, bounded size."""
     words = []
     for word in message.split():
-        arn = _ARN.search(word)
+        arn = re.search(_ARN, word)
         if arn is None:
-            words.append(_DATA_LIKE.sub("[redacted]", word))
+            words.append(re.sub(_DATA_LIKE, "[redacted]", word))
         else:
             head, tail = word[: arn.start()], word[arn.end() :]
-            words.append(_DATA_LIKE.sub("[redacted]", head) + arn[0] + _DATA_LIKE.sub("[redacted]", tail))
+            words.append(
+                re.sub(_DATA_LIKE, "[redacted]", head) + arn[0] + re.sub(_DATA_LIKE, "[redacted]", tail)
+            )
     return " ".join(words)[:_MAX_DETAIL]
 
 
@@ -105,26 +111,46 @@ class TransportError(Exception):
         super().__init__(f"{reason}: {self.detail}" if self.detail else reason)
 
 
-class Parameter(NamedTuple):
-    """One entry of a ``GetParameters`` answer."""
+class Parameter:
+    """One entry of a ``GetParameters`` answer. Its ``repr`` leaves the value out."""
 
-    name: str
-    arn: str
-    value: str
+    __slots__ = ("arn", "name", "value")
+
+    def __init__(self, name: str, arn: str, value: str) -> None:
+        self.name = name
+        self.arn = arn
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Parameter):
+            return NotImplemented
+        return (self.name, self.arn, self.value) == (other.name, other.arn, other.value)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r})"
 
 
-class Parameters(NamedTuple):
-    found: Sequence[Parameter]
-    invalid: Sequence[str]
+class Parameters:
+    """A ``GetParameters`` answer: what was found, and the names it called invalid."""
+
+    __slots__ = ("found", "invalid")
+
+    def __init__(self, found: Sequence[Parameter], invalid: Sequence[str]) -> None:
+        self.found = found
+        self.invalid = invalid
 
 
-class Transport(Protocol):
-    name: str  # for the log line: "fast" or "boto3"
+if TYPE_CHECKING:
 
-    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
-        """Decrypt one KMS blob; raise ``TransportError``."""
-        ...
+    class Transport(Protocol):
+        name: str  # for the log line: "fast" or "boto3"
 
-    def get_parameters(self, names: Sequence[str]) -> Parameters:
-        """One ``GetParameters`` call (at most 10 names, with decryption)."""
-        ...
+        def decrypt(
+            self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
+        ) -> bytes:
+            """Decrypt one KMS blob; raise ``TransportError``."""
+            ...
+
+        def get_parameters(self, names: Sequence[str]) -> Parameters:
+            """One ``GetParameters`` call (at most 10 names, with decryption)."""
+            ...
