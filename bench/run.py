@@ -1,0 +1,662 @@
+"""Cold-start benchmark: secretboot against the usual ways of resolving secrets at start-up.
+
+    python bench/run.py                      # the full run (a few minutes on 2 cores)
+    python bench/run.py --quick              # a smoke run (under a minute)
+    python bench/run.py --sizes 1,20,100 --latencies 0,10,50 --runs 7 \\
+        --json /tmp/bench.json --plot /tmp/bench.png --markdown /tmp/bench.md
+
+Starts moto's server on 127.0.0.1 behind a delay proxy (tests/awsproxy.py), creates one KMS
+key and, for each size N, N secrets (a quarter KMS ciphertext, at least one; the rest SSM
+SecureStrings), then times fresh processes of each contender (bench/contenders/), alternating
+them round-robin and rotating the order every round. Every contender's output is checked
+against the plaintexts created here; a mismatch stops the run.
+
+Children are started and timed (spawn to exit, ``time.perf_counter``) by bench/_spawn.py, a
+small launcher process, so that ``ru_maxrss`` from ``wait4`` (KiB, Linux) is the child's own
+peak and not this process's (see that file). With ``--replay`` the proxy answers repeated
+requests itself instead of moto (see ``make_proxy``).
+
+Needs the dev extra plus matplotlib (for --plot) and aws-lambda-powertools. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.awsproxy import AwsProxy
+
+REPO = Path(__file__).resolve().parent.parent
+CONTENDERS_DIR = REPO / "bench" / "contenders"
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+PLOT_LATENCY_MS = 10.0
+
+# Issue 3's targets, reported (not asserted) at the end of a run.
+TARGET_VS_STDLIB = 1.3
+TARGET_VS_THREADED = 0.33
+TARGET_GROWTH = 1.5
+TARGET_IMPORT_MS = 15.0
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    script: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    checked: bool = True  # bare prints "0 -": nothing to check
+
+
+CONTENDERS = (
+    Contender("bare", "bare.py", checked=False),
+    Contender("boto3_loop", "boto3_loop.py"),
+    Contender("boto3_threaded", "boto3_threaded.py"),
+    Contender("powertools", "powertools.py"),
+    Contender("stdlib_min", "stdlib_min.py"),
+    Contender("secretboot", "secretboot_app.py"),
+    Contender("secretboot-boto3", "secretboot_app.py", {"SECRETBOOT_TRANSPORT": "boto3"}),
+)
+
+
+@dataclass(frozen=True)
+class SecretSet:
+    size: int
+    references: dict[str, str]  # variable -> "kms:..." or "ssm:..."
+    plaintexts: dict[str, str]  # variable -> plaintext
+
+    @property
+    def expected(self) -> str:
+        """The line every contender must print (see bench/contenders/_common.py)."""
+        text = "\n".join(sorted(f"{name}={value}" for name, value in self.plaintexts.items()))
+        return f"{len(self.plaintexts)} {hashlib.sha256(text.encode()).hexdigest()}"
+
+
+@dataclass
+class Sample:
+    contender: str
+    size: int
+    latency_ms: float
+    round: int  # -1 for the warm-up
+    ms: float
+    maxrss_kib: int
+    calls: dict[str, int]
+
+
+@dataclass
+class Row:
+    contender: str
+    size: int
+    latency_ms: float
+    runs: int
+    median_ms: float
+    over_bare_ms: float
+    vs_secretboot: float | None
+    peak_rss_mib: float
+    calls: int
+
+
+class Spawner:
+    """Talks to bench/_spawn.py, which starts each child from a small process (see its docstring)."""
+
+    def __init__(self, workdir: str) -> None:
+        self._process = subprocess.Popen(  # noqa: S603 (our own script, fixed arguments)
+            [sys.executable, "-S", "-I", str(REPO / "bench" / "_spawn.py"), os.path.join(workdir, "stderr")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            text=True,
+        )
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+        process = self._process
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps({"argv": list(argv), "env": dict(env)}) + "\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("the launcher (bench/_spawn.py) exited")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait(timeout=10)
+
+
+def create_secrets(moto_url: str, sizes: Iterable[int]) -> dict[int, SecretSet]:
+    import boto3.session
+
+    session = boto3.session.Session(
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=REGION,
+    )
+    # Straight to moto, not through the proxy: set-up is neither delayed nor counted.
+    kms = session.client("kms", endpoint_url=moto_url)
+    ssm = session.client("ssm", endpoint_url=moto_url)
+    key_id = kms.create_key(Description="secretboot benchmark")["KeyMetadata"]["KeyId"]
+    sets = {}
+    for size in sizes:
+        kms_count = max(1, size // 4)
+        references: dict[str, str] = {}
+        plaintexts: dict[str, str] = {}
+        for i in range(size):
+            plaintext = secrets.token_urlsafe(24)
+            if i < kms_count:
+                variable = f"BENCH_KMS_{i:03d}"
+                blob = kms.encrypt(KeyId=key_id, Plaintext=plaintext.encode())["CiphertextBlob"]
+                references[variable] = "kms:" + base64.b64encode(blob).decode()
+            else:
+                variable = f"BENCH_SSM_{i:03d}"
+                name = f"/bench/n{size}/secret-{i:03d}"
+                ssm.put_parameter(Name=name, Value=plaintext, Type="SecureString")
+                references[variable] = "ssm:" + name
+            plaintexts[variable] = plaintext
+        sets[size] = SecretSet(size, references, plaintexts)
+    return sets
+
+
+def base_env(endpoint: str) -> dict[str, str]:
+    """A clean environment: nothing AWS_ or SECRETBOOT_ from ours leaks into the children."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": os.path.expanduser("~"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONPATH": str(REPO),  # import secretboot from this checkout
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    env.update(CREDENTIALS)
+    return env
+
+
+def run_contender(
+    spawner: Spawner, proxy: AwsProxy, contender: Contender, env: Mapping[str, str], expected: str
+) -> tuple[dict[str, Any], dict[str, int]]:
+    proxy.reset_counts()
+    result = spawner.run([sys.executable, str(CONTENDERS_DIR / contender.script)], {**env, **contender.env})
+    calls = proxy.counts()
+    output = result["stdout"].strip()
+    wanted = expected if contender.checked else "0 -"
+    if result["status"] != 0 or output != wanted:
+        raise SystemExit(
+            f"{contender.name} failed (exit {result['status']}): printed {output!r}, expected {wanted!r}\n"
+            + result["stderr"][-3000:]
+        )
+    return result, calls
+
+
+def run_block(
+    spawner: Spawner,
+    proxy: AwsProxy,
+    contenders: Sequence[Contender],
+    secret_set: SecretSet,
+    env: Mapping[str, str],
+    latency_ms: float,
+    runs: int,
+) -> list[Sample]:
+    proxy.latency = latency_ms / 1000
+    samples = []
+    expected = secret_set.expected
+    for round_ in range(-1, runs):
+        # Round -1 warms the filesystem cache and bytecode; each later round starts one further on.
+        shift = max(round_, 0) % len(contenders)
+        order = list(contenders[shift:]) + list(contenders[:shift])
+        for contender in order:
+            result, calls = run_contender(spawner, proxy, contender, env, expected)
+            samples.append(
+                Sample(
+                    contender.name,
+                    secret_set.size,
+                    latency_ms,
+                    round_,
+                    result["ms"],
+                    result["maxrss_kib"],
+                    calls,
+                )
+            )
+        step = "warm-up" if round_ < 0 else f"round {round_ + 1}/{runs}"
+        _progress(f"N={secret_set.size}, {latency_ms:g} ms: {step} done")
+    return samples
+
+
+def summarize(samples: Sequence[Sample], contenders: Sequence[Contender]) -> list[Row]:
+    timed = [s for s in samples if s.round >= 0]
+    blocks = sorted({(s.size, s.latency_ms) for s in timed})
+    rows = []
+    for size, latency in blocks:
+        block = [s for s in timed if (s.size, s.latency_ms) == (size, latency)]
+        medians = {
+            c.name: statistics.median(s.ms for s in block if s.contender == c.name) for c in contenders
+        }
+        floor = medians["bare"]
+        sb = medians.get("secretboot")
+        sb_over = None if sb is None else sb - floor
+        for c in contenders:
+            mine = [s for s in block if s.contender == c.name]
+            over = medians[c.name] - floor
+            ratio = over / sb_over if sb_over and sb_over > 0 and c.name != "bare" else None
+            rows.append(
+                Row(
+                    contender=c.name,
+                    size=size,
+                    latency_ms=latency,
+                    runs=len(mine),
+                    median_ms=medians[c.name],
+                    over_bare_ms=over,
+                    vs_secretboot=ratio,
+                    peak_rss_mib=statistics.median(s.maxrss_kib for s in mine) / 1024,
+                    calls=round(statistics.median(sum(s.calls.values()) for s in mine)),
+                )
+            )
+    return rows
+
+
+def measure_import(
+    spawner: Spawner, env: Mapping[str, str], rounds: int, importtime_runs: int
+) -> dict[str, Any]:
+    python = sys.executable
+    bare = [python, "-c", "pass"]
+    importing = [python, "-c", "import secretboot"]
+    for argv in (bare, importing):  # warm-up
+        _checked(spawner.run(argv, env))
+    pairs = []
+    for i in range(rounds):
+        order = (bare, importing) if i % 2 == 0 else (importing, bare)
+        times = {tuple(argv): _checked(spawner.run(argv, env))["ms"] for argv in order}
+        pairs.append((times[tuple(bare)], times[tuple(importing)]))
+    cumulative = []
+    for _ in range(importtime_runs):
+        stderr = _checked(spawner.run([python, "-X", "importtime", "-c", "import secretboot"], env))["stderr"]
+        match = re.search(r"^import time:\s*\d+\s*\|\s*(\d+)\s*\|\s?secretboot\s*$", stderr, re.MULTILINE)
+        if match is None:
+            raise SystemExit("no 'secretboot' line in -X importtime output:\n" + stderr[-2000:])
+        cumulative.append(int(match.group(1)))
+    probe = (
+        "import sys, secretboot; "
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore'})) or '-')"
+    )
+    heavy = _checked(spawner.run([python, "-c", probe], env))["stdout"].strip()
+    return {
+        "rounds": rounds,
+        "bare_ms": [b for b, _ in pairs],
+        "import_ms": [m for _, m in pairs],
+        "median_bare_ms": statistics.median(b for b, _ in pairs),
+        "median_import_ms": statistics.median(m for _, m in pairs),
+        "median_over_bare_ms": statistics.median(m - b for b, m in pairs),
+        "importtime_cumulative_us": cumulative,
+        "median_importtime_us": statistics.median(cumulative),
+        "aws_modules_imported": [] if heavy == "-" else heavy.split(","),
+    }
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    if result["status"] != 0:
+        raise SystemExit("a child failed:\n" + result["stderr"][-3000:])
+    return result
+
+
+def targets(rows: Sequence[Row], imports: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, value, target) lines for the issue's targets; n/a when the run lacks the data."""
+    over = {(r.contender, r.size, r.latency_ms): r.over_bare_ms for r in rows}
+
+    def ratio(a: tuple[str, int, float], b: tuple[str, int, float]) -> str:
+        if a not in over or b not in over or over[b] <= 0:
+            return "n/a"
+        return f"{over[a] / over[b]:.2f}"
+
+    lat = 10.0
+    lines = [
+        (
+            "N=20, 10 ms: secretboot over bare / stdlib_min over bare",
+            ratio(("secretboot", 20, lat), ("stdlib_min", 20, lat)),
+            f"<= {TARGET_VS_STDLIB}",
+        ),
+        (
+            "N=20, 10 ms: secretboot over bare / boto3_threaded over bare",
+            ratio(("secretboot", 20, lat), ("boto3_threaded", 20, lat)),
+            f"<= {TARGET_VS_THREADED}",
+        ),
+        (
+            "10 ms: secretboot over bare, N=100 / N=20",
+            ratio(("secretboot", 100, lat), ("secretboot", 20, lat)),
+            f"<= {TARGET_GROWTH}",
+        ),
+        (
+            "10 ms: stdlib_min over bare, N=100 / N=20 (the floor's own growth, for reference)",
+            ratio(("stdlib_min", 100, lat), ("stdlib_min", 20, lat)),
+            "",
+        ),
+    ]
+    if imports:
+        lines += [
+            (
+                f"import secretboot: median over bare ({imports['rounds']} alternating pairs)",
+                f"{imports['median_over_bare_ms']:.1f} ms",
+                f"< {TARGET_IMPORT_MS:g} ms",
+            ),
+            (
+                "import secretboot: -X importtime cumulative (median)",
+                f"{imports['median_importtime_us']:.0f} us",
+                "",
+            ),
+            (
+                "import secretboot: boto3/botocore imported",
+                ", ".join(imports["aws_modules_imported"]) or "no",
+                "no",
+            ),
+        ]
+    return lines
+
+
+def _met(value: str, target: str) -> str:
+    if not target:
+        return ""
+    if value == "n/a":
+        return "n/a"
+    number = re.match(r"[\d.]+", value)
+    limit = re.search(r"[\d.]+", target)
+    if number is None or limit is None:  # a yes/no target
+        return "met" if value == target else "NOT met"
+    v, t = float(number.group()), float(limit.group())
+    return "met" if (v <= t if target.startswith("<=") else v < t) else "NOT met"
+
+
+HEADERS = ("contender", "median ms", "over bare ms", "vs secretboot", "peak RSS MiB", "calls")
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    ratio = "-" if row.vs_secretboot is None else f"{row.vs_secretboot:.2f}"
+    return (
+        row.contender,
+        f"{row.median_ms:.1f}",
+        f"{row.over_bare_ms:.1f}",
+        ratio,
+        f"{row.peak_rss_mib:.1f}",
+        str(row.calls),
+    )
+
+
+def text_report(rows: Sequence[Row], target_lines: Sequence[tuple[str, str, str]]) -> str:
+    out = []
+    for size, latency in dict.fromkeys((r.size, r.latency_ms) for r in rows):
+        block = [r for r in rows if (r.size, r.latency_ms) == (size, latency)]
+        out.append(f"\nN={size} secrets, {latency:g} ms per request ({block[0].runs} runs each, medians)")
+        out.append(f"{HEADERS[0]:<18}" + "".join(f"{h:>15}" for h in HEADERS[1:]))
+        for row in block:
+            cells = _cells(row)
+            out.append(f"{cells[0]:<18}" + "".join(f"{c:>15}" for c in cells[1:]))
+    out.append("\nTargets (issue 3)")
+    for what, value, target in target_lines:
+        verdict = _met(value, target)
+        out.append(f"  {what}: {value}" + (f"  (target {target}: {verdict})" if target else ""))
+    return "\n".join(out)
+
+
+def markdown_report(
+    rows: Sequence[Row], target_lines: Sequence[tuple[str, str, str]], meta: Mapping[str, Any]
+) -> str:
+    out = [
+        "# secretboot cold-start benchmark",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Python {meta['python']}, {meta['platform']}, {meta['cpus']} CPUs; "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "",
+        "Times are medians of fresh processes, spawn to exit; *over bare* subtracts the bare "
+        "interpreter's median; *vs secretboot* divides by secretboot's time over bare; *calls* are "
+        "requests that reached the proxy per run. " + _server_note(meta["replay"]),
+    ]
+    for size, latency in dict.fromkeys((r.size, r.latency_ms) for r in rows):
+        block = [r for r in rows if (r.size, r.latency_ms) == (size, latency)]
+        out += ["", f"## N={size}, {latency:g} ms per request ({block[0].runs} runs)", ""]
+        out.append("| " + " | ".join(HEADERS) + " |")
+        out.append("|---|" + "---:|" * (len(HEADERS) - 1))
+        out += ["| " + " | ".join(_cells(row)) + " |" for row in block]
+    out += ["", "## Targets (issue 3)", "", "| measure | value | target | |", "|---|---:|---|---|"]
+    out += [
+        f"| {what} | {value} | {target} | {_met(value, target)} |" for what, value, target in target_lines
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _server_note(replay: bool) -> str:
+    if replay:
+        return "Server: delay proxy replaying moto's answers from the warm-up run (--replay)."
+    return "Server: moto behind the delay proxy, every request answered by moto."
+
+
+def plot(rows: Sequence[Row], path: str, latencies: Sequence[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    latency = PLOT_LATENCY_MS if PLOT_LATENCY_MS in latencies else latencies[0]
+    chosen = [r for r in rows if r.latency_ms == latency and r.contender != "bare"]
+    sizes = sorted({r.size for r in chosen})
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name in dict.fromkeys(r.contender for r in chosen):
+        points = sorted((r.size, max(r.over_bare_ms, 0.1)) for r in chosen if r.contender == name)
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", label=name)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes)
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_yscale("log")  # the contenders span two orders of magnitude
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("secrets N (a quarter KMS ciphertext, the rest SSM SecureStrings)")
+    ax.set_ylabel("time over a bare interpreter, ms (log scale)")
+    ax.set_title(f"Cold start: time over the floor, {latency:g} ms added per request")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def metadata(args: argparse.Namespace) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("boto3", "botocore", "moto", "aws-lambda-powertools"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "missing"
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],  # noqa: S607 (git from PATH)
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "command": "python bench/run.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "versions": versions,
+        "sizes": args.sizes,
+        "latencies_ms": args.latencies,
+        "runs": args.runs,
+        "replay": args.replay,
+    }
+
+
+def make_proxy(upstream: str, *, replay: bool) -> AwsProxy:
+    """The delay proxy; with ``replay``, one that answers repeated requests itself.
+
+    moto serves requests one at a time under its GIL, at about 2 ms each, on the same two cores
+    as the contender; AWS serves them side by side. So at N=100 (33 requests) moto's own time
+    dominates even the standard-library floor. Replay takes moto out of the timed runs: the
+    warm-up run's successful answers are kept, keyed by operation and body, and repeated after
+    the same delay. Every contender still sends every request and is still checked.
+    """
+    from tests.awsproxy import AwsProxy, ProxyRequest, ProxyResponse
+
+    if not replay:
+        return AwsProxy(upstream)
+
+    class ReplayProxy(AwsProxy):
+        def __init__(self, upstream: str) -> None:
+            super().__init__(upstream)
+            self._answers: dict[tuple[str, str, bytes], ProxyResponse] = {}
+
+        def forward(self, request: ProxyRequest) -> ProxyResponse:
+            key = (request.method, request.target, request.body)
+            answer = self._answers.get(key)
+            if answer is None:
+                answer = super().forward(request)
+                if answer.status == 200 and request.target:
+                    self._answers[key] = answer
+            return answer
+
+    return ReplayProxy(upstream)
+
+
+def _numbers(kind: type[Any]) -> Any:
+    def parse(text: str) -> list[Any]:
+        return [kind(part) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: sizes 1,20, latencies 0,10, 2 runs")
+    parser.add_argument("--sizes", type=_numbers(int), help="secrets per run, e.g. 1,20,100 (default)")
+    parser.add_argument(
+        "--latencies", type=_numbers(float), help="ms added per request, e.g. 0,10,50 (default)"
+    )
+    parser.add_argument("--runs", type=int, help="timed rounds per size and latency (default 7; quick 2)")
+    parser.add_argument(
+        "--contenders",
+        type=lambda text: [c for c in text.split(",") if c],
+        help="names to run (bare is always included); default all: " + ",".join(c.name for c in CONTENDERS),
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every raw sample and the summary")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of time over the floor against N")
+    parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="answer repeated requests from the proxy's memory instead of moto (see make_proxy)",
+    )
+    args = parser.parse_args(argv)
+    # Deduplicated: each size's parameters are created once.
+    args.sizes = list(dict.fromkeys(args.sizes or ([1, 20] if args.quick else [1, 20, 100])))
+    args.latencies = list(dict.fromkeys(args.latencies or ([0.0, 10.0] if args.quick else [0.0, 10.0, 50.0])))
+    args.runs = args.runs or (2 if args.quick else 7)
+    if args.runs < 1 or min(args.sizes) < 1 or min(args.latencies) < 0:
+        parser.error("runs and sizes must be at least 1, latencies at least 0")
+    known = {c.name for c in CONTENDERS}
+    unknown = set(args.contenders or ()) - known
+    if unknown:
+        parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    wanted = set(args.contenders or [c.name for c in CONTENDERS]) | {"bare"}
+    contenders = [c for c in CONTENDERS if c.name in wanted]
+    sys.path.insert(0, str(REPO))
+    from moto.server import ThreadedMotoServer
+
+    started = time.perf_counter()
+    meta = metadata(args)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with contextlib.ExitStack() as cleanup:
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        cleanup.callback(moto.stop)
+        host, port = moto.get_host_and_port()
+        moto_url = f"http://{host}:{port}"
+        proxy = make_proxy(moto_url, replay=args.replay)
+        proxy.start()
+        cleanup.callback(proxy.stop)
+        spawner = Spawner(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="secretboot-bench-")))
+        cleanup.callback(spawner.close)
+
+        _progress(f"moto at {moto_url}, proxy at {proxy.url}; creating secrets")
+        secret_sets = create_secrets(moto_url, args.sizes)
+        env = base_env(proxy.url)
+        samples: list[Sample] = []
+        for size in args.sizes:
+            block_env = {**env, **secret_sets[size].references}
+            for latency in args.latencies:
+                samples += run_block(
+                    spawner, proxy, contenders, secret_sets[size], block_env, latency, args.runs
+                )
+        _progress("measuring import secretboot")
+        proxy.latency = 0.0
+        imports = measure_import(spawner, env, 5 if args.quick else 15, 3 if args.quick else 7)
+
+    rows = summarize(samples, contenders)
+    target_lines = targets(rows, imports)
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"# {meta['command']}")
+    print(
+        f"# {meta['date']} commit {meta['commit']}; Python {meta['python']} on {meta['platform']}, "
+        f"{meta['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    )
+    print("# " + _server_note(meta["replay"]))
+    print(text_report(rows, target_lines))
+    print(f"\n# {meta['seconds']} s in all")
+    if args.json:
+        document = {
+            "meta": meta,
+            "samples": [asdict(s) for s in samples],
+            "summary": [asdict(r) for r in rows],
+            "targets": [{"measure": w, "value": v, "target": t} for w, v, t in target_lines],
+            "import": imports,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_report(rows, target_lines, meta))
+    if args.plot:
+        plot(rows, args.plot, args.latencies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
