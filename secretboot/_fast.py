@@ -56,7 +56,6 @@ _MAX_BACKOFF = 20.0
 # Regions of the standard "aws" partition, whose endpoints are
 # {service}.{region}.amazonaws.com. Anything else goes to boto3.
 _STANDARD_REGION = r"(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]+"
-_XML_CODE = r"<Code>([A-Za-z0-9.]{1,100})</Code>"
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -204,9 +203,9 @@ def _error(status: int, headers: Mapping[str, str], data: bytes) -> tuple[str, s
     try:
         parsed = json.loads(data)
     except ValueError:
-        # Not JSON (moto's IAM denials are XML); botocore then reports the status.
-        match = re.search(_XML_CODE, data.decode("utf-8", "replace"))
-        return (match[1] if match else code or str(status)), ""
+        # Not JSON (moto's IAM denials are XML): report the status, as botocore
+        # does, so both transports give the same reason.
+        return code or str(status), ""
     if isinstance(parsed, dict):
         code = code or str(parsed.get("__type", "")).rsplit("#", 1)[-1]
         message = str(parsed.get("message") or parsed.get("Message") or "")

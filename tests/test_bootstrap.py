@@ -277,11 +277,38 @@ class TestFailures:
         try:
             with pytest.raises(BootstrapError) as info:
                 secretboot.bootstrap(environ=env)
+            # moto verifies each request's signature in this mode: the allowed
+            # call resolving proves the transport signs correctly.
+            allowed = secretboot.bootstrap(environ={**env, "DENIED": ""}, refresh=True)
         finally:
             moto_api(moto_endpoint, "reset-auth", b"inf")
         (failure,) = info.value.failures
         assert (failure.variable, failure.reason) == ("DENIED", "AccessDenied")
         assert_no_leak(failure_texts(info.value), CANARY, blob, access["SecretAccessKey"])
+        assert dict(allowed) == {"OK": "readable"}
+
+    def test_forged_signature_is_refused_in_moto_auth_mode(
+        self, aws_env: dict[str, str], moto_endpoint: str, ssm: Any
+    ) -> None:
+        iam = _client(aws_env, "iam")
+        iam.create_user(UserName="reader")
+        access = iam.create_access_key(UserName="reader")["AccessKey"]
+        put(ssm, "/app/readable", "readable")
+        env = {
+            **aws_env,
+            "AWS_ACCESS_KEY_ID": access["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": "not-the-" + access["SecretAccessKey"][8:],
+            "OK": "ssm:/app/readable",
+        }
+        moto_api(moto_endpoint, "reset-auth", b"0")
+        try:
+            with pytest.raises(BootstrapError) as info:
+                secretboot.bootstrap(environ=env)
+        finally:
+            moto_api(moto_endpoint, "reset-auth", b"inf")
+        # moto's XML 403 carries no JSON error code; both transports report the status.
+        assert info.value.failures[0].reason == "AccessDenied"
+        assert_no_leak(failure_texts(info.value), access["SecretAccessKey"], env["AWS_SECRET_ACCESS_KEY"])
 
     def test_unreachable_endpoint(self, aws_env: dict[str, str]) -> None:
         env = {**aws_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "S": "ssm:/app/x"}
