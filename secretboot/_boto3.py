@@ -85,7 +85,9 @@ class Boto3Transport:
         )
         return self._session.client(service, config=config, endpoint_url=endpoint_url(aws, service))
 
-    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+    def decrypt(
+        self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
+    ) -> tuple[bytes, str]:
         kwargs: dict[str, Any] = {"CiphertextBlob": ciphertext}
         if context:
             kwargs["EncryptionContext"] = dict(context)
@@ -93,8 +95,7 @@ class Boto3Transport:
             kwargs["KeyId"] = key_id
         with _call():
             answer = self._client("kms").decrypt(**kwargs)
-        plaintext: bytes = answer["Plaintext"]
-        return plaintext
+        return answer["Plaintext"], str(answer.get("KeyId", ""))
 
     def get_parameters(self, names: Sequence[str]) -> t.Parameters:
         with _call():

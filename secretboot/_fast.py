@@ -125,7 +125,9 @@ class FastTransport:
             self._rand = random.random
         return self._rand()
 
-    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+    def decrypt(
+        self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
+    ) -> tuple[bytes, str]:
         payload: dict[str, Any] = {"CiphertextBlob": base64.b64encode(ciphertext).decode("ascii")}
         if context:
             payload["EncryptionContext"] = dict(context)
@@ -133,7 +135,7 @@ class FastTransport:
             payload["KeyId"] = key_id
         answer = self._call("kms", "Decrypt", payload)
         try:
-            return base64.b64decode(answer["Plaintext"], validate=True)
+            return base64.b64decode(answer["Plaintext"], validate=True), str(answer.get("KeyId", ""))
         except (KeyError, TypeError, ValueError):
             raise t.TransportError(t.SERVICE_ERROR, "malformed Decrypt response") from None
 

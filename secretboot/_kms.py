@@ -38,7 +38,7 @@ class KmsResolver:
             for attempt, context in enumerate(contexts, 1):
                 outcome.calls["kms"] += 1
                 try:
-                    plaintext = self._transport.decrypt(
+                    plaintext, key_arn = self._transport.decrypt(
                         ref.ciphertext, context=context, key_id=self._settings.key_id
                     )
                     break
@@ -53,6 +53,8 @@ class KmsResolver:
             outcome.failures.extend(Failure(v, ref.kind, ref.target, exc.reason, detail) for v in variables)
             return outcome
         decode(outcome, plaintext, variables, kind=ref.kind, target=ref.target)
+        for variable in variables:
+            outcome.key_ids[variable] = key_arn
         return outcome
 
 

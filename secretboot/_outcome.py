@@ -9,18 +9,20 @@ from secretboot._errors import Failure
 
 
 class Outcome:
-    __slots__ = ("calls", "failures", "transport", "values")
+    __slots__ = ("calls", "failures", "key_ids", "transport", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
         self.failures: list[Failure] = []
         self.calls: Counter[str] = Counter()
         self.transport = ""  # which transport made the calls, if any
+        self.key_ids: dict[str, str] = {}  # KMS variable -> the ARN of the key that decrypted it
 
     def merge(self, other: Outcome) -> None:
         self.values.update(other.values)
         self.failures.extend(other.failures)
         self.calls.update(other.calls)
+        self.key_ids.update(other.key_ids)
 
 
 def decode(outcome: Outcome, plaintext: bytes, variables: Sequence[str], *, kind: str, target: str) -> None:

@@ -147,8 +147,8 @@ if TYPE_CHECKING:
 
         def decrypt(
             self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
-        ) -> bytes:
-            """Decrypt one KMS blob; raise ``TransportError``."""
+        ) -> tuple[bytes, str]:
+            """Decrypt one KMS blob: (plaintext, the key's ARN); raise ``TransportError``."""
             ...
 
         def get_parameters(self, names: Sequence[str]) -> Parameters:

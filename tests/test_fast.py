@@ -711,7 +711,8 @@ def make() -> Iterator[Callable[..., Made]]:
 
 
 def decrypt(made: Made, blob: bytes = b"ciphertext-blob") -> bytes:
-    return made.transport.decrypt(blob, context=None, key_id=None)
+    plaintext, _ = made.transport.decrypt(blob, context=None, key_id=None)
+    return plaintext
 
 
 def assert_verifiable(received: Received, *, service: str, secret: str = SECRET) -> None:
@@ -767,7 +768,7 @@ def test_decrypt_request_and_answer(serve: Any, make: Any) -> None:
     server = serve([plaintext(b"hello \x00 world")])
     made = make(server.url)
     blob = b"\x01\x02\x02\x00x-blob"
-    answer = made.transport.decrypt(blob, context={"LambdaFunctionName": "fn"}, key_id="alias/app")
+    answer, _ = made.transport.decrypt(blob, context={"LambdaFunctionName": "fn"}, key_id="alias/app")
     assert answer == b"hello \x00 world"
     assert (made.sleeps, made.transport.retries, server.requests) == ([], 0, 1)
     (received,) = server.received
@@ -789,7 +790,7 @@ def test_decrypt_request_and_answer(serve: Any, make: Any) -> None:
 def test_decrypt_without_context_or_key_sends_only_the_blob(serve: Any, make: Any) -> None:
     server = serve([plaintext(b"x")])
     made = make(server.url)
-    assert made.transport.decrypt(b"blob", context={}, key_id=None) == b"x"
+    assert made.transport.decrypt(b"blob", context={}, key_id=None)[0] == b"x"
     assert json.loads(server.received[0].body) == {"CiphertextBlob": b64(b"blob")}
 
 
@@ -1110,7 +1111,7 @@ def test_each_attempt_is_signed_afresh(serve: Any, monkeypatch: pytest.MonkeyPat
 
     server = serve([THROTTLE_JSON, THROTTLE_JSON, plaintext(b"late")])
     transport = FastTransport({**BASE_ENV, "AWS_ENDPOINT_URL": server.url}, rand=lambda: 1.0, sleep=sleep)
-    assert transport.decrypt(b"blob", context=None, key_id=None) == b"late"
+    assert transport.decrypt(b"blob", context=None, key_id=None)[0] == b"late"
     dates = [r.headers["x-amz-date"] for r in server.received]
     assert dates == ["20150830T123600Z", "20150830T133600Z", "20150830T153600Z"]
     for received in server.received:

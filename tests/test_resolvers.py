@@ -28,10 +28,12 @@ class AwsLikeTransport:
         self.blobs: dict[bytes, tuple[dict[str, str] | None, bytes]] = {}
         self.batches: list[list[str]] = []
 
-    def decrypt(self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None) -> bytes:
+    def decrypt(
+        self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
+    ) -> tuple[bytes, str]:
         if ciphertext not in self.blobs or self.blobs[ciphertext][0] != (dict(context) if context else None):
             raise t.TransportError(t.INVALID_CIPHERTEXT)
-        return self.blobs[ciphertext][1]
+        return self.blobs[ciphertext][1], "arn:aws:kms:us-east-1:123456789012:key/test"
 
     def get_parameters(self, names: Sequence[str]) -> t.Parameters:
         assert len(names) <= 10
