@@ -105,17 +105,13 @@ def _boot(
     export: bool | None,
 ) -> Keyring:
     started = time.perf_counter()
-    base = os.environ if environ is None else environ
-    view = _unexported_view(base)
-    path = env_file if env_file is not None else view.get(s.ENV_FILE) or None
-    file_values = _read_env_file(path) if path is not None else {}
-    merged = {**file_values, **view}
+    base, file_values, merged = read_environment(environ, env_file)
     # Every setting is read, and may fail, before any request is made.
     kms_vars = s.kms_vars(merged)
     do_export = s.flag(merged, s.EXPORT, export)
     settings = s.Settings(merged)
 
-    refs, failures = _scan(merged, kms_vars)
+    refs, failures = scan(merged, kms_vars)
     from secretboot._resolve import resolve
 
     outcome = resolve(refs, settings)
@@ -156,7 +152,19 @@ def _boot(
     return keyring
 
 
-def _scan(env: Mapping[str, str], kms_vars: frozenset[str]) -> tuple[dict[str, Reference], list[Failure]]:
+def read_environment(
+    environ: Mapping[str, str] | None, env_file: str | os.PathLike[str] | None
+) -> tuple[Mapping[str, str], dict[str, str], dict[str, str]]:
+    """(the environment read, the env file's values, both merged with the environment winning)."""
+    base = os.environ if environ is None else environ
+    view = _unexported_view(base)
+    path = env_file if env_file is not None else view.get(s.ENV_FILE) or None
+    file_values = _read_env_file(path) if path is not None else {}
+    return base, file_values, {**file_values, **view}
+
+
+def scan(env: Mapping[str, str], kms_vars: frozenset[str]) -> tuple[dict[str, Reference], list[Failure]]:
+    """Parse every reference in ``env``; malformed ones become failures."""
     refs: dict[str, Reference] = {}
     failures = [
         Failure(name, "kms", "-", "Missing", f"listed in {s.KMS_VARS} but not set")

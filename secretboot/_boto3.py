@@ -104,6 +104,50 @@ class Boto3Transport:
         return t.Parameters(found, list(answer.get("InvalidParameters", ())))
 
 
+class Boto3Admin(Boto3Transport):
+    """The one-time operations of the CLI: encrypt, re-encrypt, store a SecureString.
+
+    boto3 here, not the fast transport: these run on a developer's machine or in a
+    pipeline, where profiles, SSO and instance credentials must work.
+    """
+
+    def __init__(self, aws: Mapping[str, str]) -> None:
+        super().__init__(aws, max_pool_connections=2)
+
+    def encrypt(self, plaintext: bytes, *, key_id: str, context: Mapping[str, str] | None) -> bytes:
+        kwargs: dict[str, Any] = {"KeyId": key_id, "Plaintext": plaintext}
+        if context:
+            kwargs["EncryptionContext"] = dict(context)
+        with _call():
+            answer = self._client("kms").encrypt(**kwargs)
+        blob: bytes = answer["CiphertextBlob"]
+        return blob
+
+    def re_encrypt(
+        self,
+        ciphertext: bytes,
+        *,
+        source_context: Mapping[str, str] | None,
+        key_id: str,
+        context: Mapping[str, str] | None,
+    ) -> tuple[bytes, str]:
+        """``ReEncrypt``: the plaintext never leaves KMS. Returns (blob, new key ARN)."""
+        kwargs: dict[str, Any] = {"CiphertextBlob": ciphertext, "DestinationKeyId": key_id}
+        if source_context:
+            kwargs["SourceEncryptionContext"] = dict(source_context)
+        if context:
+            kwargs["DestinationEncryptionContext"] = dict(context)
+        with _call():
+            answer = self._client("kms").re_encrypt(**kwargs)
+        return answer["CiphertextBlob"], str(answer.get("KeyId", ""))
+
+    def put_secure_string(self, name: str, value: str, *, key_id: str, overwrite: bool) -> None:
+        with _call():
+            self._client("ssm").put_parameter(
+                Name=name, Value=value, Type="SecureString", KeyId=key_id, Overwrite=overwrite
+            )
+
+
 def endpoint_url(aws: Mapping[str, str], service: str) -> str | None:
     """The endpoint from ``AWS_ENDPOINT_URL_<SERVICE>`` or ``AWS_ENDPOINT_URL``."""
     if aws.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":

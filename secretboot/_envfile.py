@@ -22,7 +22,11 @@ NEW_FILE_MODE = 0o600
 
 
 class EnvFileError(SecretbootError):
-    """The file cannot be read, parsed for the variable, or written."""
+    """The file cannot be read, or is ambiguous about the variable."""
+
+
+class EnvFileWriteError(EnvFileError):
+    """The file cannot be written; it is left as it was."""
 
 
 class EnvFile:
@@ -105,7 +109,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     try:
         fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except OSError as exc:
-        raise EnvFileError(f"{path}: cannot write in its folder ({type(exc).__name__})") from None
+        raise EnvFileWriteError(f"{path}: cannot write in its folder ({type(exc).__name__})") from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
@@ -117,7 +121,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise EnvFileError(f"{path}: cannot be written ({type(exc).__name__})") from None
+            raise EnvFileWriteError(f"{path}: cannot be written ({type(exc).__name__})") from None
         raise
     _fsync_folder(folder)
 

@@ -1,0 +1,443 @@
+"""The ``secretboot`` command: thin wrappers over library functions, one exit point.
+
+Plaintext is read from a file, the environment or stdin, never from argv (which
+``ps`` shows), and never printed. Ciphertext is printed only by ``encrypt``,
+whose whole point is to print it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn, TextIO
+
+from secretboot import __version__
+from secretboot import _transport as t
+from secretboot._envfile import EnvFile, EnvFileWriteError
+from secretboot._errors import BootstrapError, SecretbootError
+from secretboot._reference import KMS_PREFIX, KmsReference, SsmReference, is_reference, parse_reference
+
+if TYPE_CHECKING:
+    from secretboot._boto3 import Boto3Admin
+
+OK = 0
+FAILED = 1  # a secret could not be resolved, encrypted, stored or written
+USAGE = 2  # bad arguments or input: a missing variable, an unreadable file, a value too large
+CANNOT_EXECUTE = 126  # exec: the command exists but cannot be run
+NOT_FOUND = 127  # exec: no such command
+INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = f"""exit codes:
+  {OK}    success (including "nothing to change")
+  {FAILED}    a secret could not be resolved, encrypted, stored or written
+  {USAGE}    usage or input error (bad arguments, missing variable, unreadable file, value too large)
+  {CANNOT_EXECUTE}  exec: the command cannot be executed
+  {NOT_FOUND}  exec: the command was not found
+  {INTERRUPTED}  interrupted
+"""
+
+KMS_PLAINTEXT_LIMIT = 4096  # bytes KMS Encrypt accepts
+DEFAULT_ENV_FILE = ".env"
+
+
+class UsageError(SecretbootError):
+    """Bad arguments or input: exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would exit by itself; route it through main()'s single exit.
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (never calls ``sys.exit``)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return USAGE
+        code: int = args.run(args)
+        return code
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else OK
+    except (BootstrapError, EnvFileWriteError) as exc:
+        # A BootstrapError lists which variables failed and why.
+        _error(str(exc))
+        return FAILED
+    except SecretbootError as exc:
+        # Usage, configuration, syntax and unreadable-file errors.
+        _error(str(exc))
+        return USAGE
+    except t.TransportError as exc:
+        _error(f"AWS request failed: {exc}")
+        return FAILED
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return INTERRUPTED
+
+
+def entry_point() -> None:
+    """The console script: the process's single exit."""
+    sys.exit(main())
+
+
+def _error(message: str) -> None:
+    print(f"secretboot: {message}", file=sys.stderr)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="secretboot",
+        description="Resolve, check and create KMS- and SSM-backed secrets in the environment.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"secretboot {__version__}")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(command=name, run=run)
+        return sub
+
+    migrate = command(
+        "migrate",
+        _migrate,
+        "Wrap a plaintext variable (say SECRET_KEY in .env) with KMS, once, in place.",
+    )
+    migrate.add_argument("name", metavar="NAME", help="the variable to wrap")
+    migrate.add_argument("--key-id", required=True, help="KMS key id, ARN or alias to encrypt under")
+    migrate.add_argument("--env-file", help=f"the file to read and rewrite (default: {DEFAULT_ENV_FILE})")
+    migrate.add_argument(
+        "--from-env", action="store_true", help="read the plaintext from this process's environment"
+    )
+    _context_options(migrate)
+    migrate.add_argument(
+        "--to-ssm", metavar="PARAM", help="store it as an SSM SecureString and write NAME=ssm:PARAM"
+    )
+    migrate.add_argument("--overwrite", action="store_true", help="with --to-ssm: replace an existing PARAM")
+    migrate.add_argument(
+        "--rotate",
+        action="store_true",
+        help="also replace the value with a fresh 32-byte key; keep the old one, wrapped, as NAME_FALLBACK",
+    )
+
+    encrypt = command("encrypt", _encrypt, "Encrypt stdin with KMS and print one kms:<base64> value.")
+    encrypt.add_argument("--key-id", required=True, help="KMS key id, ARN or alias to encrypt under")
+    _context_options(encrypt)
+    encrypt.add_argument(
+        "--ssm", metavar="PARAM", help="store it as an SSM SecureString instead and print ssm:PARAM"
+    )
+    encrypt.add_argument("--overwrite", action="store_true", help="with --ssm: replace an existing PARAM")
+
+    check = command("check", _check, "List every reference, its target and whether it resolves.")
+    check.add_argument("--env-file", help="a .env file to read too (as bootstrap(env_file=...))")
+    check.add_argument("--offline", action="store_true", help="only parse; ask AWS nothing")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    run = command("exec", _exec, "Resolve everything, then replace this process with COMMAND.")
+    run.add_argument("--env-file", help="a .env file to read too (as bootstrap(env_file=...))")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+
+    rotate = command("rotate", _rotate, "Re-wrap a kms: value under another key or context (ReEncrypt).")
+    rotate.add_argument("name", metavar="NAME", help="the variable holding kms:<base64>")
+    rotate.add_argument("--key-id", required=True, help="the KMS key to wrap it under from now on")
+    rotate.add_argument("--env-file", help=f"the file to read and rewrite (default: {DEFAULT_ENV_FILE})")
+    _context_options(rotate)
+    rotate.add_argument(
+        "--source-context",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="the current encryption context (default: the new one)",
+    )
+    rotate.add_argument(
+        "--source-lambda-function", metavar="FN", help="the current context is LambdaFunctionName=FN"
+    )
+    return parser
+
+
+def _context_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="encryption context pair; repeat for more (then set SECRETBOOT_KMS_CONTEXT to match)",
+    )
+    parser.add_argument(
+        "--lambda-function",
+        metavar="FN",
+        help="use the Lambda console's context, LambdaFunctionName=FN (what bootstrap() tries in FN)",
+    )
+
+
+def _context(
+    pairs: Sequence[str], function: str | None, *, option: str = "--context"
+) -> dict[str, str] | None:
+    if pairs and function:
+        raise UsageError(f"{option} and the Lambda function option are mutually exclusive")
+    if function:
+        return {"LambdaFunctionName": function}
+    context = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} takes K=V pairs")
+        context[key] = value
+    return context or None
+
+
+def _describe_context(context: Mapping[str, str] | None) -> str:
+    if not context:
+        return "no encryption context"
+    return "encryption context " + ", ".join(f"{k}={v}" for k, v in context.items())
+
+
+def _admin() -> Boto3Admin:
+    from secretboot._boto3 import Boto3Admin
+
+    return Boto3Admin({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+
+
+def _open_env_file(path: str | None, *, create: bool) -> EnvFile:
+    if path is not None:
+        return EnvFile.load(path, missing_ok=create)
+    if os.path.exists(DEFAULT_ENV_FILE) or create:
+        return EnvFile.load(DEFAULT_ENV_FILE, missing_ok=create)
+    raise UsageError(f"no {DEFAULT_ENV_FILE} here: pass --env-file PATH, or --from-env")
+
+
+# -- migrate ----------------------------------------------------------------------------------
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    name: str = args.name
+    env_file = _open_env_file(args.env_file, create=args.from_env)
+    plaintext = os.environ.get(name) if args.from_env else env_file.get(name)
+    where = "the environment" if args.from_env else env_file.path
+    if plaintext is None:
+        raise UsageError(f"{name} is not set in {where}")
+    if is_reference(plaintext):
+        ref = parse_reference(plaintext, variable=name)
+        kind = ref.kind if ref is not None else "reference"
+        print(f"{name} in {where} is already a {kind} reference; nothing changed.")
+        return OK
+    if args.rotate and args.to_ssm:
+        raise UsageError("--rotate wraps both keys with KMS; it cannot be combined with --to-ssm")
+    fallback = f"{name}_FALLBACK"
+    if args.rotate and fallback in env_file:
+        raise UsageError(f"{fallback} is already set in {env_file.path}; remove it first")
+    context = _context(args.context, args.lambda_function)
+    _check_plaintext(name, plaintext, to_ssm=bool(args.to_ssm))
+
+    admin = _admin()
+    updates: dict[str, str] = {}
+    if args.to_ssm:
+        _store_in_ssm(admin, args.to_ssm, plaintext, key_id=args.key_id, overwrite=args.overwrite)
+        updates[name] = f"ssm:{args.to_ssm}"
+    elif args.rotate:
+        fresh = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")
+        updates[name] = _wrap(admin, name, fresh, key_id=args.key_id, context=context)
+        updates[fallback] = _wrap(admin, fallback, plaintext, key_id=args.key_id, context=context)
+    else:
+        updates[name] = _wrap(admin, name, plaintext, key_id=args.key_id, context=context)
+
+    env_file.write(env_file.with_values(updates))
+    for variable, value in updates.items():
+        print(f"{variable} in {env_file.path}: now {_summary(value)}")
+    if args.rotate:
+        print(
+            f"{name} is a fresh 32-byte key; the old key is {fallback}. Keep both during the rollout "
+            "(Django: SECRET_KEY_FALLBACKS; Fernet: MultiFernet), then delete the fallback."
+        )
+    _next_steps(name, list(updates), env_file.path, context, args.from_env)
+    return OK
+
+
+def _check_plaintext(name: str, plaintext: str, *, to_ssm: bool) -> None:
+    size = len(plaintext.encode("utf-8"))
+    if size == 0:
+        raise UsageError(f"{name} is empty; there is nothing to protect")
+    if not to_ssm and size > KMS_PLAINTEXT_LIMIT:
+        raise UsageError(
+            f"{name} is {size} bytes; KMS encrypts at most {KMS_PLAINTEXT_LIMIT}. Store it in SSM "
+            "instead (--to-ssm PARAM) or use envelope encryption (a data key from KMS encrypting "
+            "the value locally)"
+        )
+
+
+def _wrap(
+    admin: Boto3Admin, name: str, plaintext: str, *, key_id: str, context: dict[str, str] | None
+) -> str:
+    """Encrypt, then decrypt and compare (constant time) before anything is written."""
+    data = plaintext.encode("utf-8")
+    blob = admin.encrypt(data, key_id=key_id, context=context)
+    roundtrip, _ = admin.decrypt(blob, context=context, key_id=key_id)
+    if not hmac.compare_digest(roundtrip, data):
+        raise t.TransportError(
+            "VerificationFailed", f"{name}: decrypting the new ciphertext did not give it back"
+        )
+    return str(KmsReference(blob))
+
+
+def _store_in_ssm(admin: Boto3Admin, param: str, plaintext: str, *, key_id: str, overwrite: bool) -> None:
+    SsmReference(param)  # the name must be one bootstrap() can read back
+    admin.put_secure_string(param, plaintext, key_id=key_id, overwrite=overwrite)
+    answer = admin.get_parameters([param])
+    stored = next((p.value for p in answer.found), None)
+    if stored is None or not hmac.compare_digest(stored.encode(), plaintext.encode()):
+        raise t.TransportError(
+            "VerificationFailed", f"{param}: reading the parameter back did not give it back"
+        )
+
+
+def _summary(value: str) -> str:
+    """What a reference is, without its ciphertext."""
+    ref = parse_reference(value)
+    if isinstance(ref, KmsReference):
+        return f"kms (KMS ciphertext, {len(ref.ciphertext)} bytes)"
+    return value  # ssm:PARAM names the parameter: not a secret
+
+
+def _next_steps(
+    name: str, names: list[str], path: str, context: Mapping[str, str] | None, from_env: bool
+) -> None:
+    print("Next:")
+    shown = " and ".join(names)
+    if context and set(context) == {"LambdaFunctionName"}:
+        function = context["LambdaFunctionName"]
+        print(f"  - set {shown} in {function}'s environment to the new value(s) in {path};")
+        print("    bootstrap() there decrypts with this context by default.")
+    elif context:
+        print(f"  - set {shown} where the app runs to the new value(s) in {path}, and")
+        print(f"    SECRETBOOT_KMS_CONTEXT='{json.dumps(dict(context))}' next to it.")
+    else:
+        print(f"  - set {shown} where the app runs to the new value(s) in {path}.")
+    if from_env:
+        print(f"  - remove the plaintext {name} from wherever this environment got it.")
+    print(f"  - check it: secretboot check --env-file {path}")
+
+
+# -- encrypt ----------------------------------------------------------------------------------
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    context = _context(args.context, args.lambda_function)
+    plaintext = _read_stdin(sys.stdin)
+    _check_plaintext("the input", plaintext, to_ssm=bool(args.ssm))
+    admin = _admin()
+    if args.ssm:
+        _store_in_ssm(admin, args.ssm, plaintext, key_id=args.key_id, overwrite=args.overwrite)
+        print(f"ssm:{args.ssm}")
+    else:
+        print(_wrap(admin, "the input", plaintext, key_id=args.key_id, context=context))
+    return OK
+
+
+def _read_stdin(stream: TextIO) -> str:
+    """The plaintext: typed without echo on a terminal, else read whole from the pipe.
+
+    One trailing newline is dropped, so ``echo value | secretboot encrypt`` wraps ``value``.
+    """
+    if stream.isatty():
+        import getpass
+
+        return getpass.getpass("Plaintext (not echoed): ")
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the input is not UTF-8 text") from None
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith("\n") else text
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    from secretboot._check import check
+
+    rows = check(env_file=args.env_file, offline=args.offline)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    elif not rows:
+        print("no references found")
+    else:
+        header = ("NAME", "KIND", "TARGET", "STATUS")
+        table = [header] + [
+            (r.name, r.kind, r.target, r.status + (f": {r.detail}" if r.detail else "")) for r in rows
+        ]
+        widths = [max(len(line[i]) for line in table) for i in range(3)]
+        for line in table:
+            print("  ".join(line[i].ljust(widths[i]) for i in range(3)) + "  " + line[3])
+    return OK if all(row.ok for row in rows) else FAILED
+
+
+# -- exec -------------------------------------------------------------------------------------
+
+
+def _exec(args: argparse.Namespace) -> int:
+    import secretboot
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("exec needs a command: secretboot exec -- COMMAND [ARGS...]")
+    # export: the plaintext (and the file's values) go into this environment,
+    # which the command inherits; this process is replaced right after.
+    secretboot.bootstrap(env_file=args.env_file, export=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)  # noqa: S606 - running the user's command is the point
+    except FileNotFoundError:
+        _error(f"{argv[0]}: command not found")
+        return NOT_FOUND
+    except PermissionError:
+        _error(f"{argv[0]}: cannot execute")
+        return CANNOT_EXECUTE
+    except OSError as exc:
+        _error(f"{argv[0]}: cannot execute ({type(exc).__name__})")
+        return CANNOT_EXECUTE
+    return OK  # not reached: exec does not return
+
+
+# -- rotate -----------------------------------------------------------------------------------
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    name: str = args.name
+    env_file = _open_env_file(args.env_file, create=False)
+    value = env_file.get(name)
+    if value is None:
+        raise UsageError(f"{name} is not set in {env_file.path}")
+    ref = parse_reference(value, variable=name)
+    if not isinstance(ref, KmsReference):
+        raise UsageError(f"{name} in {env_file.path} is not KMS ciphertext ({KMS_PREFIX}...)")
+    context = _context(args.context, args.lambda_function)
+    source = _context(args.source_context, args.source_lambda_function, option="--source-context")
+    admin = _admin()
+    blob, key_arn = admin.re_encrypt(
+        ref.ciphertext, source_context=source or context, key_id=args.key_id, context=context
+    )
+    new_value = str(KmsReference(blob))
+    env_file.write(env_file.with_values({name: new_value}))
+    print(f"{name} in {env_file.path}: re-wrapped under {key_arn} with {_describe_context(context)}")
+    print(f"Next: set {name} where the app runs to the new value in {env_file.path}.")
+    return OK
