@@ -77,9 +77,12 @@ class EnvFile:
                 out.append(original)
         text = "".join(out)
         if pending:
+            # New lines end the way the file's first line does.
+            first = text.find("\n")
+            newline = "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
             if text and not text.endswith("\n"):
-                text += "\r\n" if "\r\n" in text else "\n"
-            text += "".join(f"{key}={value}\n" for key, value in pending.items())
+                text += newline
+            text += "".join(f"{key}={value}{newline}" for key, value in pending.items())
         return text
 
     def write(self, text: str) -> None:
