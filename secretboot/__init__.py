@@ -21,6 +21,20 @@ from secretboot._reference import KmsReference, SsmReference, is_reference, pars
 
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from secretboot._logfilter import SecretFilter
+
+
+def __getattr__(name: str) -> object:
+    # SecretFilter needs the logging module: imported only when asked for.
+    if name == "SecretFilter":
+        from secretboot._logfilter import SecretFilter
+
+        return SecretFilter
+    raise AttributeError(f"module 'secretboot' has no attribute {name!r}")
+
+
 __all__ = [
     "BootstrapError",
     "ConfigurationError",
@@ -28,6 +42,7 @@ __all__ = [
     "Keyring",
     "KmsReference",
     "ReferenceSyntaxError",
+    "SecretFilter",
     "SecretbootError",
     "SsmReference",
     "bootstrap",
