@@ -36,6 +36,12 @@ class _State:
         self.kms_vars: frozenset[str] = frozenset()
         # Variables written into os.environ by export: name -> (before, written).
         self.exported: dict[str, tuple[str | None, str]] = {}
+        # The last successful boot's options, to boot again after a SnapStart restore.
+        self.options: tuple[Mapping[str, str] | None, str | os.PathLike[str] | None, bool | None] = (
+            None,
+            None,
+            None,
+        )
 
 
 _state = _State()
@@ -51,8 +57,9 @@ def bootstrap(
     """Resolve every reference in the environment, once per process.
 
     Later calls return the same ``Keyring`` (their options are ignored) until
-    ``refresh=True`` resolves again. On any failure raises ``BootstrapError``
-    listing every failing variable, and changes nothing.
+    ``refresh=True`` resolves again, updating that same keyring in place. On
+    any failure raises ``BootstrapError`` listing every failing variable, and
+    changes nothing.
 
     ``environ``: a mapping to read instead of ``os.environ``.
     ``env_file``: a ``.env`` file to read too (``SECRETBOOT_ENV_FILE``); the
@@ -128,10 +135,19 @@ def _boot(
         )
         raise error from None
 
-    keyring = Keyring(outcome.values, refs)
+    keyring = _state.keyring
+    if keyring is None:
+        keyring = Keyring(outcome.values, refs)
+    else:
+        keyring._replace(outcome.values, refs)
     if do_export:
         _export(keyring, file_values)
     _state.keyring = keyring
+    _state.options = (environ, env_file, export)
+    if merged.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+        from secretboot import _snapstart
+
+        _snapstart.register(merged)
     _state.environ = base
     _state.file_values = file_values
     _state.kms_vars = kms_vars

@@ -18,10 +18,20 @@ class Keyring(Mapping[str, str]):
     __slots__ = ("_references", "_values")
 
     def __init__(self, values: Mapping[str, str], references: Mapping[str, Reference]) -> None:
+        self._values: dict[str, str] = {}
+        self._references: Mapping[str, Reference] = MappingProxyType({})
+        self._replace(values, references)
+
+    def _replace(self, values: Mapping[str, str], references: Mapping[str, Reference]) -> None:
+        """Swap in new contents (a refresh, a SnapStart restore): holders see them."""
         if set(values) != set(references):
             raise ValueError("values and references must name the same variables")
         self._values = dict(values)
         self._references = MappingProxyType(dict(references))
+
+    def _drop_values(self) -> None:
+        """Forget the plaintext, keep the references (before a SnapStart snapshot)."""
+        self._values = {}
 
     @property
     def references(self) -> Mapping[str, Reference]:

@@ -1,0 +1,80 @@
+"""SnapStart: keep plaintext out of the snapshot, resolve again after restore.
+
+Lambda SnapStart snapshots the initialised process, so whatever ``bootstrap()``
+resolved during INIT would be stored in the snapshot and shared by every
+restored copy. With ``SECRETBOOT_SNAPSTART=drop`` (the default) the keyring's
+plaintext (and anything ``export`` wrote) is dropped just before the snapshot and
+resolved again just after each restore, within Lambda's 10-second restore budget.
+``keep`` leaves it in the snapshot. Copies the application made itself
+(``password = secrets["DB_PASSWORD"]`` at module level) are not ours to drop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from secretboot._errors import ConfigurationError, SecretbootError
+
+SNAPSTART = "SECRETBOOT_SNAPSTART"
+POLICIES = ("drop", "keep")
+# Runtime start plus after-restore hooks must finish within 10 s; stay well under.
+RESTORE_TIMEOUT = 5.0
+
+_registered = False
+_lock = threading.Lock()
+
+
+def policy(env: Mapping[str, str]) -> str:
+    value = env.get(SNAPSTART, "").strip().lower() or "drop"
+    if value not in POLICIES:
+        raise ConfigurationError(f"{SNAPSTART} must be one of {', '.join(POLICIES)}")
+    return value
+
+
+def register(env: Mapping[str, str]) -> None:
+    """Register the hooks once, if the policy drops plaintext and the hooks module exists."""
+    global _registered
+    if policy(env) == "keep":
+        return
+    try:
+        from snapshot_restore_py import register_after_restore, register_before_snapshot
+    except ImportError:
+        return
+    with _lock:
+        if _registered:
+            return
+        register_before_snapshot(before_snapshot)
+        register_after_restore(after_restore)
+        _registered = True
+
+
+def before_snapshot() -> None:
+    from secretboot._bootstrap import _restore_environ, _state
+
+    with _state.lock:
+        if _state.keyring is not None:
+            _state.keyring._drop_values()
+        _restore_environ()
+
+
+def after_restore(timeout: float = RESTORE_TIMEOUT) -> None:
+    """Resolve again with the last boot's options; fail the restore if it cannot in time."""
+    from secretboot._bootstrap import _state, bootstrap
+
+    environ, env_file, export = _state.options
+    failure: list[BaseException] = []
+
+    def boot() -> None:
+        try:
+            bootstrap(refresh=True, environ=environ, env_file=env_file, export=export)
+        except BaseException as exc:  # reported from the hook's own thread below
+            failure.append(exc)
+
+    worker = threading.Thread(target=boot, name="secretboot-restore", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise SecretbootError(f"resolving secrets after restore took longer than {timeout:g} s")
+    if failure:
+        raise failure[0]
