@@ -1,0 +1,28 @@
+"""The example function with two SnapStart hooks of its own that report what the keyring holds.
+
+``snapshot_restore_py`` runs before-snapshot hooks newest first and after-restore hooks in
+registration order. Registered around the import of ``app`` (whose ``bootstrap()`` registers
+secretboot's hooks), ours run after secretboot's in both phases, so they show the keyring as
+secretboot's hooks left it: one JSON line each on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+
+from snapshot_restore_py import register_after_restore, register_before_snapshot
+
+
+def _report(phase: str) -> None:
+    from app import secrets
+
+    line = {"probe": phase, "values": len(secrets), "references": len(secrets.references), "id": id(secrets)}
+    print(json.dumps(line), flush=True)
+
+
+register_before_snapshot(_report, "before-snapshot")  # older than secretboot's: runs after it
+import app  # noqa: E402 - secretboot registers its hooks during this import
+
+register_after_restore(_report, "after-restore")  # newer than secretboot's: runs after it
+
+handler = app.handler
