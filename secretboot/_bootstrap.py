@@ -117,6 +117,11 @@ def _boot(
     kms_vars = s.kms_vars(merged)
     do_export = s.flag(merged, s.EXPORT, export)
     settings = s.Settings(merged)
+    snapstart = None
+    if merged.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+        from secretboot import _snapstart
+
+        snapstart = _snapstart.policy(merged)
 
     refs, failures = scan(merged, kms_vars)
     from secretboot._resolve import resolve
@@ -144,10 +149,8 @@ def _boot(
         _export(keyring, file_values)
     _state.keyring = keyring
     _state.options = (environ, env_file, export)
-    if merged.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
-        from secretboot import _snapstart
-
-        _snapstart.register(merged)
+    if snapstart is not None:
+        _snapstart.register(snapstart)
     _state.environ = base
     _state.file_values = file_values
     _state.kms_vars = kms_vars
@@ -253,4 +256,9 @@ def _counts(counts: Mapping[str, int]) -> str:
 def _logger() -> logging.Logger:
     import logging
 
-    return logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        # A library's logger: silent unless the application configures logging
+        # (else Python's last-resort handler prints warnings to stderr).
+        logger.addHandler(logging.NullHandler())
+    return logger

@@ -144,7 +144,13 @@ class Boto3Admin(Boto3Transport):
     def put_secure_string(self, name: str, value: str, *, key_id: str, overwrite: bool) -> None:
         with _call():
             self._client("ssm").put_parameter(
-                Name=name, Value=value, Type="SecureString", KeyId=key_id, Overwrite=overwrite
+                Name=name,
+                Value=value,
+                Type="SecureString",
+                KeyId=key_id,
+                Overwrite=overwrite,
+                # Standard parameters hold at most 4 KB; larger values need the Advanced tier.
+                Tier="Advanced" if len(value.encode("utf-8")) > 4096 else "Standard",
             )
 
 

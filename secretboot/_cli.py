@@ -52,7 +52,8 @@ class UsageError(SecretbootError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse would exit by itself; route it through main()'s single exit.
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("secretboot").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else OK
     except (BootstrapError, EnvFileWriteError) as exc:
         # A BootstrapError lists which variables failed and why.
-        _error(str(exc))
+        _error(str(exc).removeprefix("secretboot "))
         return FAILED
     except SecretbootError as exc:
         # Usage, configuration, syntax and unreadable-file errors.
@@ -228,7 +229,8 @@ def _open_env_file(path: str | None, *, create: bool) -> EnvFile:
 def _migrate(args: argparse.Namespace) -> int:
     name: str = args.name
     env_file = _open_env_file(args.env_file, create=args.from_env)
-    plaintext = os.environ.get(name) if args.from_env else env_file.get(name)
+    in_file = env_file.get(name)  # also refuses a file that sets NAME twice: which one wins is unclear
+    plaintext = os.environ.get(name) if args.from_env else in_file
     where = "the environment" if args.from_env else env_file.path
     if plaintext is None:
         raise UsageError(f"{name} is not set in {where}")
@@ -243,7 +245,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.rotate and fallback in env_file:
         raise UsageError(f"{fallback} is already set in {env_file.path}; remove it first")
     context = _context(args.context, args.lambda_function)
-    _check_plaintext(name, plaintext, to_ssm=bool(args.to_ssm))
+    _check_plaintext(name, plaintext, to_ssm=bool(args.to_ssm), ssm_option="--to-ssm PARAM")
 
     admin = _admin()
     updates: dict[str, str] = {}
@@ -269,14 +271,14 @@ def _migrate(args: argparse.Namespace) -> int:
     return OK
 
 
-def _check_plaintext(name: str, plaintext: str, *, to_ssm: bool) -> None:
+def _check_plaintext(name: str, plaintext: str, *, to_ssm: bool, ssm_option: str) -> None:
     size = len(plaintext.encode("utf-8"))
     if size == 0:
         raise UsageError(f"{name} is empty; there is nothing to protect")
     if not to_ssm and size > KMS_PLAINTEXT_LIMIT:
         raise UsageError(
             f"{name} is {size} bytes; KMS encrypts at most {KMS_PLAINTEXT_LIMIT}. Store it in SSM "
-            "instead (--to-ssm PARAM) or use envelope encryption (a data key from KMS encrypting "
+            f"instead ({ssm_option}) or use envelope encryption (a data key from KMS encrypting "
             "the value locally)"
         )
 
@@ -339,7 +341,7 @@ def _next_steps(
 def _encrypt(args: argparse.Namespace) -> int:
     context = _context(args.context, args.lambda_function)
     plaintext = _read_stdin(sys.stdin)
-    _check_plaintext("the input", plaintext, to_ssm=bool(args.ssm))
+    _check_plaintext("the input", plaintext, to_ssm=bool(args.ssm), ssm_option="--ssm PARAM")
     admin = _admin()
     if args.ssm:
         _store_in_ssm(admin, args.ssm, plaintext, key_id=args.key_id, overwrite=args.overwrite)
@@ -432,10 +434,19 @@ def _rotate(args: argparse.Namespace) -> int:
         raise UsageError(f"{name} in {env_file.path} is not KMS ciphertext ({KMS_PREFIX}...)")
     context = _context(args.context, args.lambda_function)
     source = _context(args.source_context, args.source_lambda_function, option="--source-context")
+    # Without an explicit source context, try the new one, then none, as bootstrap() does
+    # (values encrypted with the AWS CLI or before ~2021 carry no context).
+    sources = [source] if source else ([context, None] if context else [None])
     admin = _admin()
-    blob, key_arn = admin.re_encrypt(
-        ref.ciphertext, source_context=source or context, key_id=args.key_id, context=context
-    )
+    for attempt, source_context in enumerate(sources, 1):
+        try:
+            blob, key_arn = admin.re_encrypt(
+                ref.ciphertext, source_context=source_context, key_id=args.key_id, context=context
+            )
+            break
+        except t.TransportError as exc:
+            if exc.reason != t.INVALID_CIPHERTEXT or attempt == len(sources):
+                raise
     new_value = str(KmsReference(blob))
     env_file.write(env_file.with_values({name: new_value}))
     print(f"{name} in {env_file.path}: re-wrapped under {key_arn} with {_describe_context(context)}")

@@ -9,8 +9,12 @@ extra fields (also nested in dicts and lists), ``stack_info``, and the exception
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Mapping
+
+# BaseExceptionGroup exists from Python 3.11; 3.10 is supported.
+_GROUP: type[BaseException] | None = getattr(builtins, "BaseExceptionGroup", None)
 
 # Attributes every LogRecord has; anything else on a record is an "extra" field.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -83,7 +87,16 @@ def _deep(value: object, mask: Callable[[str], str]) -> object:
         return {_deep(k, mask): _deep(v, mask) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return type(value)(_deep(item, mask) for item in value)
-    return value
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    # Any other object is shown by formatters through str(): an exception logged
+    # as the message, an object in ``extra``. Replace it only if that text holds a secret.
+    try:
+        text = str(value)
+    except Exception:
+        return value
+    masked = mask(text)
+    return value if masked == text else masked
 
 
 def _masked_exception(exc: BaseException, mask: Callable[[str], str], depth: int = 0) -> BaseException:
@@ -94,11 +107,16 @@ def _masked_exception(exc: BaseException, mask: Callable[[str], str], depth: int
     """
     text = str(exc)
     masked = mask(text)
+    notes = list(getattr(exc, "__notes__", None) or ())
+    masked_notes = [mask(note) if isinstance(note, str) else note for note in notes]
+    group = _masked_group(exc, mask, depth)
+    if group is not None:
+        return group
     cause = exc.__cause__ if depth < 10 else None
     context = exc.__context__ if depth < 10 else None
     new_cause = _masked_exception(cause, mask, depth + 1) if cause is not None else None
     new_context = _masked_exception(context, mask, depth + 1) if context is not None else None
-    if masked == text and new_cause is cause and new_context is context:
+    if masked == text and masked_notes == notes and new_cause is cause and new_context is context:
         return exc
     standin_type = type(
         type(exc).__name__,
@@ -110,7 +128,24 @@ def _masked_exception(exc: BaseException, mask: Callable[[str], str], depth: int
     standin.__cause__ = new_cause
     standin.__context__ = new_context
     standin.__suppress_context__ = exc.__suppress_context__
+    if masked_notes:
+        setattr(standin, "__notes__", masked_notes)  # noqa: B010 - a 3.11 attribute; 3.10 is supported
     return standin
+
+
+def _masked_group(exc: BaseException, mask: Callable[[str], str], depth: int) -> BaseException | None:
+    """A masked copy of an exception group whose message or members held a secret, else None."""
+    if _GROUP is None or not isinstance(exc, _GROUP) or depth >= 10:
+        return None
+    members: list[BaseException] = list(getattr(exc, "exceptions", ()))
+    masked_members = [_masked_exception(member, mask, depth + 1) for member in members]
+    message = str(getattr(exc, "message", ""))
+    if mask(message) == message and all(a is b for a, b in zip(members, masked_members, strict=True)):
+        return None
+    # The group's own class may not accept these arguments; a plain group keeps the shape.
+    copy = _GROUP(mask(message), masked_members)
+    copy.__traceback__ = exc.__traceback__
+    return copy
 
 
 class _MaskedException(Exception):

@@ -32,10 +32,10 @@ def policy(env: Mapping[str, str]) -> str:
     return value
 
 
-def register(env: Mapping[str, str]) -> None:
+def register(chosen: str) -> None:
     """Register the hooks once, if the policy drops plaintext and the hooks module exists."""
     global _registered
-    if policy(env) == "keep":
+    if chosen == "keep":
         return
     try:
         from snapshot_restore_py import register_after_restore, register_before_snapshot

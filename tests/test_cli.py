@@ -752,12 +752,6 @@ def test_failed_migrate_leaves_the_file_byte_identical(cli: Cli, aws: Aws, key: 
     assert aws.ssm.describe_parameters()["Parameters"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: migrate --from-env never checks the file for a duplicate NAME (_cli.py:231 reads only "
-    "os.environ; EnvFile.get's check is skipped) and with_values rewrites only the first binding "
-    "(_envfile.py:73-77): the last one, which dotenv and bootstrap() read, keeps its plaintext; exit 0",
-)
 def test_migrate_from_env_refuses_a_duplicate_variable_in_the_file(cli: Cli, key: Key) -> None:
     content = f"SECRET_KEY=first\nA=1\nSECRET_KEY='{CANARY}'\n".encode()
     env_file = _env_file(cli.folder, content)
@@ -885,11 +879,6 @@ def test_encrypt_failures(cli: Cli, aws: Aws, key: Key, case: str, code: int) ->
     assert _listing(cli.folder) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encrypt's too-large message points to '--to-ssm PARAM', which is migrate's option; "
-    "encrypt's is --ssm (_cli.py:277-281, reached from _cli.py:342), so the suggested command fails",
-)
 def test_encrypt_too_large_points_to_its_own_ssm_option(cli: Cli, key: Key) -> None:
     run = cli.run("encrypt", "--key-id", key.id, stdin=b"k" * 4097)
     assert_usage_error(run)
@@ -1175,12 +1164,6 @@ def test_exec_does_not_run_the_command_when_a_reference_fails(cli: Cli, aws: Aws
     assert_no_leak(run, cli.folder, _value(cli.folder / ".env", "SECRET_KEY"), allowed=[cli.folder / ".env"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a failing exec also prints bootstrap()'s log warning 'could not resolve X after N API "
-    "calls in M ms' through logging's last-resort handler, unprefixed, before the CLI's own error "
-    "(secretboot/_bootstrap.py:123, reached from _cli.py:404; the CLI configures no logging)",
-)
 def test_exec_failure_prints_only_the_clis_error(cli: Cli) -> None:
     _env_file(cli.folder, b"MISSING=ssm:/app/missing\n")
     run = cli.run("exec", "--env-file", ".env", "--", "true")
@@ -1253,11 +1236,6 @@ def test_rotate_changes_the_context(cli: Cli, aws: Aws, key: Key) -> None:
     assert aws.decrypt(_value(env_file, "SECRET_KEY")) == (CANARY, key.arn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rotate cannot re-wrap a value that has no encryption context under a context: "
-    "--source-context defaults to the new context and no option means 'none' (_cli.py:437)",
-)
 def test_rotate_from_no_context_to_a_lambda_context(cli: Cli, aws: Aws, key: Key) -> None:
     old = aws.encrypt(CANARY, key)  # encrypted with the CLI or before ~2021: no context
     env_file, _ = _rotation_file(cli.folder, old)

@@ -431,12 +431,6 @@ def test_an_after_restore_slower_than_its_timeout_fails(
                 assert not thread.is_alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SECRETBOOT_SNAPSTART is read only after resolving (_bootstrap.py _boot calls "
-    "_snapstart.register(merged) after resolve() and after storing _state.keyring), so a bad value "
-    "costs every API call first and leaves the process booted: the next bootstrap() returns the keyring",
-)
 def test_a_bad_snapstart_policy_fails_before_any_request(
     booted: dict[str, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -489,47 +483,21 @@ def _log_with_powertools(case: str) -> str:
 @pytest.mark.parametrize(
     "case",
     [
-        pytest.param(
-            "exception-as-message",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: SecretFilter leaves a non-str record.msg as it is (_logfilter.py: _deep returns "
-                "objects unchanged), so logger.error(exc) logs str(exc) unmasked",
-            ),
-        ),
-        pytest.param(
-            "object-in-extra",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: SecretFilter masks only str values in extra fields; an object whose str() "
-                "holds a secret is serialised later by the formatter (Powertools: json_default=str)",
-            ),
-        ),
-        pytest.param(
-            "exception-note",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _masked_exception compares only str(exc) and its chain; __notes__ are "
-                "neither checked nor copied, and formatters print them (Powertools also as exception_notes)",
-            ),
-        ),
+        pytest.param("exception-as-message"),
+        pytest.param("object-in-extra"),
+        pytest.param("exception-note"),
         pytest.param(
             "exception-group",
             marks=[
                 pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is new in 3.11"),
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="BUG: _masked_exception does not look into an ExceptionGroup's .exceptions; "
-                    "the formatted traceback prints each member's message unmasked",
-                ),
             ],
         ),
         pytest.param(
             "appended-key",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="BUG (limit of a record filter): Powertools keeps append_keys() values in its "
-                "formatter, not on the LogRecord, so a logger filter never sees them",
+                reason="Known limit, documented in docs/threat-model.md: Powertools keeps append_keys() "
+                "values in its formatter, not on the LogRecord, so no logging filter sees them",
             ),
         ),
     ],
