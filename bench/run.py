@@ -26,7 +26,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import platform
 import re
@@ -600,17 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = set(args.contenders or [c.name for c in CONTENDERS]) | {"bare"}
     contenders = [c for c in CONTENDERS if c.name in wanted]
     sys.path.insert(0, str(REPO))
-    from moto.server import ThreadedMotoServer
+    from tests.localaws import moto_server
 
     started = time.perf_counter()
     meta = metadata(args)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with contextlib.ExitStack() as cleanup:
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
-        cleanup.callback(moto.stop)
-        host, port = moto.get_host_and_port()
-        moto_url = f"http://{host}:{port}"
+        moto_url = cleanup.enter_context(moto_server())
         proxy = make_proxy(moto_url, replay=args.replay)
         proxy.start()
         cleanup.callback(proxy.stop)

@@ -21,16 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import os
 import secrets as random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # tests/ holds the emulator and the proxy the tes
 
 from tests.awsproxy import AwsProxy  # noqa: E402
 from tests.lambda_runtime import RuntimeEmulator, RuntimeProcess, start_runtime  # noqa: E402
+from tests.localaws import moto_server  # noqa: E402
 
 FUNCTION = "secretboot-example"
 REGION = "us-east-1"
@@ -83,7 +81,7 @@ def main() -> int:
 
 
 def _run(stack: ExitStack, out: Output) -> None:
-    moto = stack.enter_context(_moto_server())
+    moto = stack.enter_context(moto_server())
     aws_env = {
         "AWS_ENDPOINT_URL": moto,
         "AWS_REGION": REGION,
@@ -201,22 +199,6 @@ def _run(stack: ExitStack, out: Output) -> None:
     out.line("    " + _shorten(next(line for line in masked if "message holding" in line)))
     out.line("    " + _shorten(next(line for line in masked if "plain argument" in line)))
     out.row("secret values printed", "none (checked in everything the runtime wrote)")
-
-
-@contextmanager
-def _moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def _secretboot(args: list[str], aws_env: dict[str, str], stdin: str | None = None) -> str:

@@ -11,32 +11,26 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import socket
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/localaws.py
 
 
 def main() -> int:
-    from moto.server import ThreadedMotoServer
+    from tests.localaws import moto_server
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
+    with moto_server() as endpoint:
         os.environ.update(
             {
-                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "AWS_ENDPOINT_URL": endpoint,
                 "AWS_REGION": "us-east-1",
                 "AWS_ACCESS_KEY_ID": "local",
                 "AWS_SECRET_ACCESS_KEY": "local",
             }
         )
-        os.environ.update(_provision(os.environ["AWS_ENDPOINT_URL"]))
+        os.environ.update(_provision(endpoint))
         return _boot()
-    finally:
-        server.stop()
 
 
 def _provision(endpoint: str) -> dict[str, str]:
