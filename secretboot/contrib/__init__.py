@@ -1,0 +1,1 @@
+"""Framework integrations, each imported only when asked for: ``secretboot.contrib.<framework>``."""

@@ -1,0 +1,39 @@
+"""``manage.py secretboot_check``: ``secretboot check`` run inside the Django project.
+
+Same options, same output on stdout, same exit status (through ``CommandError``).
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from secretboot import _cli
+
+
+class Command(BaseCommand):
+    help = "List every reference, its target and whether it resolves (as `secretboot check`)."
+    # Its job is to diagnose unresolved references: the system check that reports
+    # them (secretboot.E001) must not stop it from running.
+    requires_system_checks = ()
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--env-file", help="a .env file to read too (as bootstrap(env_file=...))")
+        parser.add_argument("--offline", action="store_true", help="only parse; ask AWS nothing")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        argv = ["check"]
+        if options["env_file"] is not None:
+            argv.append(f"--env-file={options['env_file']}")
+        argv += [f"--{flag}" for flag in ("offline", "json") if options[flag]]
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = _cli.main(argv)
+        self.stdout.write(out.getvalue(), ending="")
+        if code != _cli.OK:
+            reason = err.getvalue().strip().removeprefix("secretboot: ")
+            raise CommandError(reason or "some references do not resolve", returncode=code)
