@@ -8,9 +8,13 @@ from collections.abc import Iterable
 class SecretbootError(Exception):
     """Base class of every error secretboot raises on purpose."""
 
+    __module__ = "secretboot"  # tracebacks say secretboot.SecretbootError, the public name
+
 
 class ConfigurationError(SecretbootError):
     """A ``SECRETBOOT_*`` setting or a ``bootstrap()`` option is unusable."""
+
+    __module__ = "secretboot"  # tracebacks say secretboot.ConfigurationError, the public name
 
 
 class ReferenceSyntaxError(SecretbootError, ValueError):
@@ -21,6 +25,8 @@ class ReferenceSyntaxError(SecretbootError, ValueError):
     (``kms``, ``ssm`` or ``dynamic``) and ``reason`` what is wrong with it. The
     value itself is deliberately not kept.
     """
+
+    __module__ = "secretboot"  # tracebacks say secretboot.ReferenceSyntaxError, the public name
 
     def __init__(self, reason: str, *, variable: str | None = None, kind: str = "reference") -> None:
         self.variable = variable
@@ -38,6 +44,8 @@ class Failure:
     ``reason`` is a short code such as ``AccessDenied``, ``ParameterNotFound``
     or ``InvalidCiphertext``; ``detail`` is a human explanation.
     """
+
+    __module__ = "secretboot"  # tracebacks say secretboot.Failure, the public name
 
     __slots__ = ("detail", "kind", "reason", "target", "variable")
 
@@ -73,12 +81,18 @@ class BootstrapError(SecretbootError):
     ``failures`` lists every failing variable, sorted by name.
     """
 
+    __module__ = "secretboot"  # tracebacks say secretboot.BootstrapError, the public name
+
     def __init__(self, failures: Iterable[Failure]) -> None:
         self.failures = tuple(sorted(failures, key=lambda f: f.variable))
         count = len(self.failures)
         lines = "\n".join(f"  {f}" for f in self.failures)
         noun = "variable" if count == 1 else "variables"
         super().__init__(f"secretboot could not resolve {count} {noun}:\n{lines}")
+
+    def __reduce__(self) -> tuple[type[BootstrapError], tuple[tuple[Failure, ...]]]:
+        # Rebuilt from the failures (say, across processes), not from the message.
+        return (BootstrapError, (self.failures,))
 
     @property
     def variables(self) -> tuple[str, ...]:

@@ -586,3 +586,14 @@ def test_reason_for_unknown_code_passes_through(code: str) -> None:
 @PROPERTY
 def test_reason_for_5xx_property(status: int) -> None:
     assert reason_for_code(str(status)) == "ServiceError"
+
+
+def test_bootstrap_error_survives_pickling_with_its_failures() -> None:
+    import pickle
+
+    error = BootstrapError(
+        [Failure("B", "ssm", "/b", "ParameterNotFound"), Failure("A", "kms", "-", "Malformed")]
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is BootstrapError and copy.failures == error.failures and str(copy) == str(error)
+    assert type(copy).__module__ == "secretboot"
