@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 from secretboot._reference import Reference
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet, MultiFernet
 
 
 class Keyring(Mapping[str, str]):
@@ -48,6 +52,34 @@ class Keyring(Mapping[str, str]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
+
+    def fernet(self, name: str, *, fallbacks: Sequence[str] = ()) -> Fernet | MultiFernet:
+        """A ``Fernet`` for the key in ``name``, or a ``MultiFernet`` with fallbacks.
+
+        The first key encrypts; every key decrypts (``MultiFernet``), so data made
+        with an old key (the startup edition's static ``SECRET_KEY``) stays readable
+        during a rotation. Fallbacks not in the keyring are skipped, so removing
+        ``SECRET_KEY_FALLBACK`` at the end of a rotation needs no code change.
+        Raises ``KeyError`` for a missing ``name`` and ``ValueError`` naming the
+        variable (never the value) for material that is not a Fernet key.
+        """
+        from cryptography.fernet import Fernet, MultiFernet
+
+        def make(variable: str) -> Fernet:
+            try:
+                return Fernet(self._values[variable])
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)"
+                ) from None
+
+        if isinstance(fallbacks, str):
+            raise TypeError("fallbacks must be a sequence of names, not one str")
+        current = make(name) if name in self._values else None
+        if current is None:
+            raise KeyError(name)
+        others = [make(variable) for variable in fallbacks if variable in self._values]
+        return MultiFernet([current, *others]) if others else current
 
     def __repr__(self) -> str:
         return f"<Keyring {sorted(self._values)}>"

@@ -597,3 +597,48 @@ def test_bootstrap_error_survives_pickling_with_its_failures() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is BootstrapError and copy.failures == error.failures and str(copy) == str(error)
     assert type(copy).__module__ == "secretboot"
+
+
+class TestKeyringFernet:
+    NEW = "2vZ6hA4d1r1u2K5S7dQ8Zp0o3mXxV9bN4cL6eY1tGfQ="
+    OLD = "dGhpcyBpcyB0aGUgb2xkIGtleSwgMzIgYnl0ZXMhISE="
+
+    def _keyring(self, **values: str) -> Keyring:
+        return Keyring(values, {name: SsmReference(f"/app/{name.lower()}") for name in values})
+
+    def test_single_key_gives_a_fernet(self) -> None:
+        from cryptography.fernet import Fernet
+
+        box = self._keyring(SECRET_KEY=self.NEW).fernet("SECRET_KEY")
+        assert isinstance(box, Fernet)
+        assert Fernet(self.NEW).decrypt(box.encrypt(b"data")) == b"data"
+
+    def test_fallbacks_decrypt_old_tokens_and_encrypt_with_the_new_key(self) -> None:
+        from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+        old_token = Fernet(self.OLD).encrypt(b"old row")
+        box = self._keyring(SECRET_KEY=self.NEW, SECRET_KEY_FALLBACK=self.OLD).fernet(
+            "SECRET_KEY", fallbacks=["SECRET_KEY_FALLBACK"]
+        )
+        assert isinstance(box, MultiFernet)
+        assert box.decrypt(old_token) == b"old row"
+        rotated = box.rotate(old_token)
+        assert Fernet(self.NEW).decrypt(rotated) == b"old row"
+        with pytest.raises(InvalidToken):
+            Fernet(self.OLD).decrypt(box.encrypt(b"new"))
+
+    def test_missing_fallback_is_skipped_missing_key_is_an_error(self) -> None:
+        from cryptography.fernet import Fernet
+
+        keyring = self._keyring(SECRET_KEY=self.NEW)
+        assert isinstance(keyring.fernet("SECRET_KEY", fallbacks=["SECRET_KEY_FALLBACK"]), Fernet)
+        with pytest.raises(KeyError):
+            keyring.fernet("OTHER")
+        with pytest.raises(TypeError):
+            keyring.fernet("SECRET_KEY", fallbacks="SECRET_KEY_FALLBACK")  # type: ignore[arg-type]
+
+    def test_material_that_is_not_a_fernet_key_names_the_variable_only(self) -> None:
+        keyring = self._keyring(SECRET_KEY="django-insecure-not-a-fernet-key")
+        with pytest.raises(ValueError, match="SECRET_KEY is not a Fernet key") as info:
+            keyring.fernet("SECRET_KEY")
+        assert "django-insecure" not in str(info.value)
