@@ -83,7 +83,7 @@ class Boto3Transport:
             retries={"mode": "standard", "total_max_attempts": t.TOTAL_MAX_ATTEMPTS},
             max_pool_connections=self._pool,
         )
-        return self._session.client(service, config=config, endpoint_url=endpoint_url(aws, service))
+        return self._session.client(service, config=config, endpoint_url=t.endpoint_url(aws, service))
 
     def decrypt(
         self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
@@ -152,13 +152,6 @@ class Boto3Admin(Boto3Transport):
                 # Standard parameters hold at most 4 KB; larger values need the Advanced tier.
                 Tier="Advanced" if len(value.encode("utf-8")) > 4096 else "Standard",
             )
-
-
-def endpoint_url(aws: Mapping[str, str], service: str) -> str | None:
-    """The endpoint from ``AWS_ENDPOINT_URL_<SERVICE>`` or ``AWS_ENDPOINT_URL``."""
-    if aws.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
-        return None
-    return aws.get(f"AWS_ENDPOINT_URL_{service.upper()}") or aws.get("AWS_ENDPOINT_URL") or None
 
 
 class _translated:

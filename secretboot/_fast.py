@@ -72,18 +72,12 @@ def unsupported(env: Mapping[str, str]) -> str | None:
     if any(env.get(name) for name in _PROXY_VARIABLES):
         return "an HTTP proxy is configured"
     for service in _TARGETS:
-        url = _endpoint_override(env, service)
+        url = t.endpoint_url(env, service)
         if url is None and not re.fullmatch(_STANDARD_REGION, region):
             return f"region {region!r} is outside the standard partition"
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             return f"the {service} endpoint is not an http(s) URL"
     return None
-
-
-def _endpoint_override(env: Mapping[str, str], service: str) -> str | None:
-    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
-        return None
-    return env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL") or None
 
 
 class FastTransport:
@@ -110,7 +104,7 @@ class FastTransport:
         self._sleep = sleep
         self._pools = {
             service: _Pool(
-                _endpoint_override(env, service) or f"https://{service}.{self._region}.amazonaws.com",
+                t.endpoint_url(env, service) or f"https://{service}.{self._region}.amazonaws.com",
                 self._ca_bundle,
             )
             for service in _TARGETS
