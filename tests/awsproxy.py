@@ -20,17 +20,14 @@ forwarding, or raise to end the connection.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import socket
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import urlsplit
+
+from tests.keepalive import KeepAliveHandler, KeepAliveServer
 
 # Meaningful for one connection only (RFC 9110 section 7.6.1), so never relayed. Content-Length
 # is recomputed for responses, whose bodies are read whole.
@@ -47,8 +44,6 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-
 UPSTREAM_TIMEOUT = 30.0
 IDLE_TIMEOUT = 60.0
 
@@ -93,45 +88,26 @@ class AwsProxy:
         self.latency = latency
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._connections = 0
-        self._open: set[socket.socket] = set()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the proxy is not running: call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://{self._server.host_port}"
 
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the proxy is already running")
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(_Handler)
         server.proxy = self
         self._server = server
-        # A short poll interval: stop() waits for the loop to notice, 0.5 s by default.
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="awsproxy", daemon=True
-        )
-        self._thread.start()
+        server.start("awsproxy", poll_interval=0.05)
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.server_close()
-        # Idle keep-alive connections would otherwise hold their handler threads until the
-        # clients go away.
-        with self._lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            with contextlib.suppress(OSError):  # already closed by the client
-                sock.shutdown(socket.SHUT_RDWR)
-        thread.join(timeout=10)
-        self._server = self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> AwsProxy:
         self.start()
@@ -147,13 +123,13 @@ class AwsProxy:
 
     def connections(self) -> int:
         """Client connections accepted: fewer than requests when clients keep them alive."""
-        with self._lock:
-            return self._connections
+        return self._server.accepted if self._server is not None else 0
 
     def reset_counts(self) -> None:
         with self._lock:
             self._counts.clear()
-            self._connections = 0
+        if self._server is not None:
+            self._server.accepted = 0
 
     def handle(self, request: ProxyRequest) -> ProxyResponse:
         """Delay, then forward. Runs in the client connection's own handler thread."""
@@ -190,52 +166,14 @@ class AwsProxy:
         with self._lock:
             self._counts[request.target] += 1
 
-    def _opened(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._connections += 1
-            self._open.add(sock)
 
-    def _closed(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(sock)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Many clients connect at once (one connection per thread); the default backlog of 5
-    # would drop SYNs and add a one-second retransmit to some of them.
-    request_queue_size = 128
+class _Server(KeepAliveServer):
     proxy: AwsProxy
 
-    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], _DISCONNECTS):
-            return  # the client went away: expected, not worth a traceback
-        super().handle_error(request, client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Without it, Nagle plus delayed ACK adds tens of milliseconds to small responses.
-    disable_nagle_algorithm = True
+class _Handler(KeepAliveHandler):
     timeout = IDLE_TIMEOUT
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.proxy._opened(self.connection)
-
-    def finish(self) -> None:
-        try:
-            with contextlib.suppress(*_DISCONNECTS):
-                super().finish()
-        finally:
-            self.server.proxy._closed(self.connection)
-
-    def handle_one_request(self) -> None:
-        try:
-            super().handle_one_request()
-        except _DISCONNECTS:
-            self.close_connection = True
 
     def _relay(self) -> None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -267,6 +205,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _relay
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request would drown the test and benchmark output

@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,16 +30,16 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.keepalive import KeepAliveHandler, KeepAliveServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_EXAMPLE = ROOT / "lambda_example"
 API = "/2018-06-01/runtime"
 ACCOUNT = "123456789012"
 
-_DISCONNECTS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 # How often waiting handler threads look up to see whether the emulator is stopping.
 _POLL = 0.05
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -96,9 +95,7 @@ class RuntimeEmulator:
         self._restore_seen = threading.Event()
         self._restore_released = threading.Event()
         self._stopping = threading.Event()
-        self._open: set[socket.socket] = set()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -107,34 +104,22 @@ class RuntimeEmulator:
         """``host:port``, as ``AWS_LAMBDA_RUNTIME_API`` wants it (no scheme)."""
         if self._server is None:
             raise RuntimeError("the emulator is not running: call start() first")
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
+        return self._server.host_port
 
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(_Handler)
         server.emulator = self
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": _POLL}, name="lambda-runtime", daemon=True
-        )
-        self._thread.start()
+        server.start("lambda-runtime", poll_interval=_POLL)
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        if self._server is None:
             return
         self._stopping.set()  # long polls and held restores give up within _POLL
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        thread.join(timeout=10)
-        self._server = self._thread = None
+        self._server.stop()
+        self._server = None
 
     def __enter__(self) -> RuntimeEmulator:
         self.start()
@@ -207,48 +192,13 @@ class RuntimeEmulator:
         invocation.done.set()
         return True
 
-    def _opened(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.add(sock)
 
-    def _closed(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(sock)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(KeepAliveServer):
     emulator: RuntimeEmulator
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], _DISCONNECTS):
-            return  # the runtime was stopped while it waited in a long poll: expected
-        super().handle_error(request, client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Without it, Nagle plus delayed ACK adds about 80 ms to every invoke.
-    disable_nagle_algorithm = True
-    timeout = 60  # an idle keep-alive connection is closed after this
+class _Handler(KeepAliveHandler):
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.emulator._opened(self.connection)
-
-    def finish(self) -> None:
-        try:
-            with contextlib.suppress(*_DISCONNECTS):
-                super().finish()
-        finally:
-            self.server.emulator._closed(self.connection)
-
-    def handle_one_request(self) -> None:
-        try:
-            super().handle_one_request()
-        except _DISCONNECTS:
-            self.close_connection = True
 
     def do_GET(self) -> None:
         emulator = self.server.emulator
@@ -309,9 +259,6 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(body)
         self.wfile.flush()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 # -- the runtime process ---------------------------------------------------------------------
