@@ -7,14 +7,10 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 import secretboot
-from tests.localaws import moto_server
-
-REGION = "us-east-1"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+from tests.localaws import CREDENTIALS, REGION, client, moto_server
 
 
 def moto_api(endpoint: str, path: str, body: bytes = b"") -> None:
@@ -69,12 +65,12 @@ def aws_env(
 
 @pytest.fixture
 def kms(aws_env: dict[str, str]) -> Any:
-    return boto3.client("kms", region_name=REGION, endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    return client(aws_env["AWS_ENDPOINT_URL"], "kms")
 
 
 @pytest.fixture
 def ssm(aws_env: dict[str, str]) -> Any:
-    return boto3.client("ssm", region_name=REGION, endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    return client(aws_env["AWS_ENDPOINT_URL"], "ssm")
 
 
 @pytest.fixture

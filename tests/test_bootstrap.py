@@ -13,6 +13,7 @@ import pytest
 import secretboot
 from secretboot import BootstrapError, ConfigurationError
 from tests.conftest import moto_api
+from tests.localaws import client
 
 # A distinctive plaintext: any appearance in a message is a leak.
 CANARY = "canary-plaintext-7f3a9c"
@@ -444,6 +445,4 @@ def test_no_references_makes_no_calls(aws_env: dict[str, str], caplog: pytest.Lo
 
 
 def _client(aws_env: dict[str, str], service: str) -> Any:
-    import boto3
-
-    return boto3.client(service, region_name=aws_env["AWS_REGION"], endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    return client(aws_env["AWS_ENDPOINT_URL"], service)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from cryptography.fernet import Fernet, MultiFernet
@@ -36,6 +35,7 @@ from secretboot import _cli
 from secretboot._reference import is_reference
 from tests.awsproxy import AwsProxy
 from tests.conftest import CREDENTIALS, REGION, moto_api
+from tests.localaws import client
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("secretboot")
@@ -87,14 +87,8 @@ class Aws:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        options = {
-            "region_name": REGION,
-            "endpoint_url": endpoint,
-            "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        }
-        self.kms: Any = boto3.client("kms", **options)
-        self.ssm: Any = boto3.client("ssm", **options)
+        self.kms: Any = client(endpoint, "kms")
+        self.ssm: Any = client(endpoint, "ssm")
 
     def create_key(self) -> Key:
         meta = self.kms.create_key(Description="secretboot CLI tests")["KeyMetadata"]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import environ
 import pytest
 from django.core import signing
@@ -30,6 +29,7 @@ import secretboot
 from secretboot._reference import is_reference
 from secretboot.contrib.django import fallbacks
 from tests.conftest import CREDENTIALS, REGION, moto_api
+from tests.localaws import client
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "tests" / "django_project"
@@ -50,14 +50,8 @@ class Aws:
     def __init__(self, endpoint: str) -> None:
         moto_api(endpoint, "reset")
         self.endpoint = endpoint
-        options: dict[str, Any] = {
-            "region_name": REGION,
-            "endpoint_url": endpoint,
-            "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        }
-        self.kms: Any = boto3.client("kms", **options)
-        self.ssm: Any = boto3.client("ssm", **options)
+        self.kms: Any = client(endpoint, "kms")
+        self.ssm: Any = client(endpoint, "ssm")
         self.key_id = self.kms.create_key(Description="secretboot Django tests")["KeyMetadata"]["KeyId"]
 
     def wrap(self, plaintext: str) -> str:

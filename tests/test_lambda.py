@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from cryptography.fernet import Fernet
 
@@ -31,6 +30,7 @@ from secretboot import _snapstart
 from tests.awsproxy import AwsProxy
 from tests.conftest import CREDENTIALS, REGION, moto_api
 from tests.lambda_runtime import LAMBDA_EXAMPLE, ROOT, RuntimeEmulator, RuntimeProcess, start_runtime
+from tests.localaws import client
 
 FUNCTION = "secretboot-example"
 PARAM = "/secretboot-example/api-token"
@@ -65,16 +65,7 @@ class Aws:
 @pytest.fixture
 def aws(moto_endpoint: str) -> Iterator[Aws]:
     moto_api(moto_endpoint, "reset")
-    clients = {
-        service: boto3.client(
-            service,
-            region_name=REGION,
-            endpoint_url=moto_endpoint,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
-        for service in ("kms", "ssm")
-    }
+    clients = {service: client(moto_endpoint, service) for service in ("kms", "ssm")}
     key_id = clients["kms"].create_key(Description="secretboot lambda tests")["KeyMetadata"]["KeyId"]
     api_token = os.urandom(24).hex()
     clients["ssm"].put_parameter(Name=PARAM, Value=api_token, Type="SecureString", KeyId=key_id)
