@@ -103,6 +103,36 @@ class Boto3Transport:
         found = [t.Parameter(p["Name"], p.get("ARN", ""), p["Value"]) for p in answer.get("Parameters", ())]
         return t.Parameters(found, list(answer.get("InvalidParameters", ())))
 
+    def get_secret_values(self, secret_ids: Sequence[str]) -> t.Secrets:
+        with _call():
+            answer = self._client("secretsmanager").batch_get_secret_value(SecretIdList=list(secret_ids))
+        found = [_secret(s) for s in answer.get("SecretValues", ())]
+        errors = [
+            t.SecretError(e["SecretId"], str(e.get("ErrorCode", "")), str(e.get("Message", "")))
+            for e in answer.get("Errors", ())
+        ]
+        return t.Secrets(found, errors)
+
+    def get_secret_value(
+        self, secret_id: str, *, version_stage: str | None, version_id: str | None
+    ) -> t.Secret:
+        kwargs = {"SecretId": secret_id}
+        if version_stage:
+            kwargs["VersionStage"] = version_stage
+        if version_id:
+            kwargs["VersionId"] = version_id
+        with _call():
+            return _secret(self._client("secretsmanager").get_secret_value(**kwargs))
+
+
+def _secret(answer: Mapping[str, Any]) -> t.Secret:
+    return t.Secret(
+        str(answer["Name"]),
+        str(answer.get("ARN", "")),
+        string=answer.get("SecretString"),
+        binary=answer.get("SecretBinary"),
+    )
+
 
 class Boto3Admin(Boto3Transport):
     """The one-time operations of the CLI: encrypt, re-encrypt, store a SecureString.
@@ -140,6 +170,15 @@ class Boto3Admin(Boto3Transport):
         with _call():
             answer = self._client("kms").re_encrypt(**kwargs)
         return answer["CiphertextBlob"], str(answer.get("KeyId", ""))
+
+    def generate_data_key(self, *, key_id: str, context: Mapping[str, str] | None) -> tuple[bytes, bytes]:
+        """A fresh AES-256 data key: (plaintext, KMS ciphertext)."""
+        kwargs: dict[str, Any] = {"KeyId": key_id, "KeySpec": "AES_256"}
+        if context:
+            kwargs["EncryptionContext"] = dict(context)
+        with _call():
+            answer = self._client("kms").generate_data_key(**kwargs)
+        return answer["Plaintext"], answer["CiphertextBlob"]
 
     def put_secure_string(self, name: str, value: str, *, key_id: str, overwrite: bool) -> None:
         with _call():

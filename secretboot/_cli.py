@@ -17,12 +17,24 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from secretboot import __version__
+from secretboot import _envelope as envelope
 from secretboot import _transport as t
 from secretboot._envfile import EnvFile, EnvFileWriteError
-from secretboot._errors import BootstrapError, SecretbootError
-from secretboot._reference import KMS_PREFIX, KmsReference, SsmReference, is_reference, parse_reference
+from secretboot._errors import BootstrapError, ReferenceSyntaxError, SecretbootError
+from secretboot._keysource import KmsKeySource, LocalKeySource
+from secretboot._reference import (
+    KMS_PREFIX,
+    KmsReference,
+    SealedReference,
+    SsmReference,
+    is_reference,
+    parse_reference,
+)
+from secretboot._settings import DATA_KEY, LOCAL_KEY_FILE
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from secretboot._boto3 import Boto3Admin
 
 OK = 0
@@ -154,6 +166,27 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--env-file", help="a .env file to read too (as bootstrap(env_file=...))")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
+    seal = command(
+        "seal",
+        _seal,
+        "Seal values in a .env file under one data key (envelope encryption): one KMS call at start-up.",
+    )
+    seal.add_argument(
+        "names", nargs="*", metavar="NAME", help="variables to seal (default: every plain value in the file)"
+    )
+    seal.add_argument("--env-file", help=f"the file to read and rewrite (default: {DEFAULT_ENV_FILE})")
+    _key_source_options(seal, "wrap a new data key with")
+    _context_options(seal)
+
+    reseal = command("reseal", _reseal, "Seal every sealed value again under a fresh data key.")
+    reseal.add_argument("--env-file", help=f"the file to read and rewrite (default: {DEFAULT_ENV_FILE})")
+    _key_source_options(reseal, "wrap the new data key with (default: what wraps the current one)")
+    _context_options(reseal)
+
+    keygen = command("keygen", _keygen, "Write a new 256-bit local master key file (mode 0600).")
+    keygen.add_argument("path", metavar="PATH", help="the key file to create (never overwritten)")
+    keygen.add_argument("--force", action="store_true", help="write it even inside a git work tree")
+
     rotate = command("rotate", _rotate, "Re-wrap a kms: value under another key or context (ReEncrypt).")
     rotate.add_argument("name", metavar="NAME", help="the variable holding kms:<base64>")
     rotate.add_argument("--key-id", required=True, help="the KMS key to wrap it under from now on")
@@ -184,6 +217,16 @@ def _context_options(parser: argparse.ArgumentParser) -> None:
         "--lambda-function",
         metavar="FN",
         help="use the Lambda console's context, LambdaFunctionName=FN (what bootstrap() tries in FN)",
+    )
+
+
+def _key_source_options(parser: argparse.ArgumentParser, purpose: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--key-id", help=f"KMS key id, ARN or alias to {purpose}")
+    group.add_argument(
+        "--local-key-file",
+        metavar="PATH",
+        help=f"a key file from 'secretboot keygen' to {purpose} (no AWS; default: ${LOCAL_KEY_FILE})",
     )
 
 
@@ -278,8 +321,7 @@ def _check_plaintext(name: str, plaintext: str, *, to_ssm: bool, ssm_option: str
     if not to_ssm and size > KMS_PLAINTEXT_LIMIT:
         raise UsageError(
             f"{name} is {size} bytes; KMS encrypts at most {KMS_PLAINTEXT_LIMIT}. Store it in SSM "
-            f"instead ({ssm_option}) or use envelope encryption (a data key from KMS encrypting "
-            "the value locally)"
+            f"instead ({ssm_option}) or seal it (secretboot seal: envelope encryption, any size)"
         )
 
 
@@ -418,6 +460,202 @@ def _exec(args: argparse.Namespace) -> int:
         _error(f"{argv[0]}: cannot execute ({type(exc).__name__})")
         return CANNOT_EXECUTE
     return OK  # not reached: exec does not return
+
+
+# -- seal, reseal, keygen ---------------------------------------------------------------------
+
+
+def _seal(args: argparse.Namespace) -> int:
+    env_file = _open_env_file(args.env_file, create=False)
+    context = _context(args.context, args.lambda_function)
+    existing = _data_key(env_file)
+    if existing is None and not (args.key_id or _local_key_file(args, env_file)):
+        raise UsageError(f"no {DATA_KEY} in {env_file.path} yet: pass --key-id KEY or --local-key-file PATH")
+    names = _names_to_seal(env_file, args.names)
+    if not names:
+        print(f"nothing to seal in {env_file.path}")
+        return OK
+    if existing is None:
+        source = _key_source(args, env_file, context, provider="local" if args.local_key_file else None)
+        data_key, wrapped = source.new()
+        updates = {DATA_KEY: str(wrapped)}
+    else:
+        # Values sealed together share the data key already there.
+        wanted = "kms" if args.key_id else "local" if args.local_key_file else existing.provider
+        if wanted != existing.provider:
+            raise UsageError(
+                f"{DATA_KEY} in {env_file.path} is wrapped by {existing.provider}; "
+                "move it first with secretboot reseal"
+            )
+        source = _key_source(args, env_file, context, provider=existing.provider)
+        data_key, updates = _unwrap(source, existing, env_file), {}
+    cipher = envelope.aead(data_key)
+    updates.update(_sealed_values(cipher, {name: _plain(env_file, name) for name in names}))
+    env_file.write(env_file.with_values(updates))
+    for name in names:
+        print(f"{name} in {env_file.path}: now sealed ({_sealed_size(updates[name])} bytes)")
+    if DATA_KEY in updates:
+        print(f"{DATA_KEY} in {env_file.path}: a new data key, wrapped by {source.describe()}")
+    _sealed_next_steps(env_file, args, context, source)
+    return OK
+
+
+def _reseal(args: argparse.Namespace) -> int:
+    env_file = _open_env_file(args.env_file, create=False)
+    context = _context(args.context, args.lambda_function)
+    existing = _data_key(env_file)
+    if existing is None:
+        raise UsageError(f"{DATA_KEY} is not set in {env_file.path}: nothing was sealed there")
+    sealed = {}
+    for name in env_file.names():
+        ref = parse_reference(env_file.get(name) or "", variable=name)
+        if isinstance(ref, SealedReference):
+            sealed[name] = ref
+    old_source = _key_source(args, env_file, context, provider=existing.provider, old=True)
+    old_cipher = envelope.aead(_unwrap(old_source, existing, env_file))
+    plaintexts = {name: _open(old_cipher, name, ref, env_file) for name, ref in sealed.items()}
+    if args.key_id or args.local_key_file:
+        new_source = _key_source(args, env_file, context, provider="local" if args.local_key_file else "kms")
+    elif isinstance(old_source, KmsKeySource):
+        new_source = KmsKeySource(_admin(), old_source.key_arn, context)
+    else:
+        new_source = old_source
+    data_key, wrapped = new_source.new()
+    updates = {DATA_KEY: str(wrapped)}
+    updates.update(_sealed_values(envelope.aead(data_key), plaintexts))
+    env_file.write(env_file.with_values(updates))
+    print(
+        f"{env_file.path}: {len(sealed)} sealed value(s) under a new data key, "
+        f"wrapped by {new_source.describe()}"
+    )
+    _sealed_next_steps(env_file, args, context, new_source)
+    return OK
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    envelope.write_key_file(args.path, force=args.force)
+    print(f"wrote a new 256-bit key to {args.path} (mode 0600). Back it up: sealed values need it.")
+    print(f"Next: secretboot seal --local-key-file {args.path}, and set {LOCAL_KEY_FILE}={args.path} where")
+    print("the app runs. Keep the key out of version control.")
+    return OK
+
+
+def _data_key(env_file: EnvFile) -> envelope.WrappedKey | None:
+    raw = env_file.get(DATA_KEY)
+    if raw is None:
+        return None
+    try:
+        return envelope.parse_data_key(raw)
+    except ReferenceSyntaxError as exc:
+        raise UsageError(f"{DATA_KEY} in {env_file.path}: {exc.reason}") from None
+
+
+def _local_key_file(args: argparse.Namespace, env_file: EnvFile) -> str | None:
+    path: str | None = args.local_key_file or os.environ.get(LOCAL_KEY_FILE) or env_file.get(LOCAL_KEY_FILE)
+    return path or None
+
+
+def _key_source(
+    args: argparse.Namespace,
+    env_file: EnvFile,
+    context: Mapping[str, str] | None,
+    *,
+    provider: str | None,
+    old: bool = False,
+) -> KmsKeySource | LocalKeySource:
+    """The key source for ``provider`` (``None``: whichever option was given).
+
+    ``old``: the source of the current data key, whose key file is the configured
+    one (--local-key-file then names the new key's).
+    """
+    if provider == "local" or (provider is None and not args.key_id):
+        path = (
+            (os.environ.get(LOCAL_KEY_FILE) or env_file.get(LOCAL_KEY_FILE) or args.local_key_file)
+            if old
+            else _local_key_file(args, env_file)
+        )
+        if not path:
+            raise UsageError(
+                f"the data key is wrapped by a key file: set {LOCAL_KEY_FILE} or --local-key-file"
+            )
+        return LocalKeySource(path)
+    return KmsKeySource(_admin(), None if old else args.key_id, context)
+
+
+def _unwrap(source: KmsKeySource | LocalKeySource, wrapped: envelope.WrappedKey, env_file: EnvFile) -> bytes:
+    try:
+        return source.unwrap(wrapped)
+    except envelope.IntegrityError:
+        raise UsageError(f"{DATA_KEY} in {env_file.path} does not open with {source.describe()}") from None
+
+
+def _names_to_seal(env_file: EnvFile, names: Sequence[str]) -> list[str]:
+    """The named variables, or every plain non-empty value; never configuration."""
+    if names:
+        for name in names:
+            if name.startswith(("AWS_", "SECRETBOOT_")):
+                raise UsageError(f"{name} is configuration, which bootstrap() never resolves; not sealed")
+            if env_file.get(name) is None:
+                raise UsageError(f"{name} is not set in {env_file.path}")
+    chosen = []
+    for name in names or env_file.names():
+        value = env_file.get(name) or ""
+        if name.startswith(("AWS_", "SECRETBOOT_")) or not value:
+            continue
+        if is_reference(value):
+            ref = parse_reference(value, variable=name)
+            if names:
+                kind = ref.kind if ref is not None else "reference"
+                print(f"{name} in {env_file.path} is already a {kind} reference; left as it is.")
+            continue
+        chosen.append(name)
+    return chosen
+
+
+def _plain(env_file: EnvFile, name: str) -> bytes:
+    return (env_file.get(name) or "").encode("utf-8")
+
+
+def _sealed_values(cipher: AESGCM, plaintexts: Mapping[str, bytes]) -> dict[str, str]:
+    """Seal each value for its name, and open it again before anything is written."""
+    sealed = {}
+    for name, plaintext in plaintexts.items():
+        ref = envelope.seal(cipher, name, plaintext)
+        if not hmac.compare_digest(envelope.open_sealed(cipher, name, ref), plaintext):
+            raise t.TransportError("VerificationFailed", f"{name}: the sealed value did not open to itself")
+        sealed[name] = str(ref)
+    return sealed
+
+
+def _open(cipher: AESGCM, name: str, ref: SealedReference, env_file: EnvFile) -> bytes:
+    try:
+        return envelope.open_sealed(cipher, name, ref)
+    except envelope.IntegrityError:
+        raise UsageError(
+            f"{name} in {env_file.path} does not open with {DATA_KEY} (edited, copied from another "
+            "variable, or sealed under another data key); nothing was changed"
+        ) from None
+
+
+def _sealed_size(value: str) -> int:
+    ref = parse_reference(value)
+    assert isinstance(ref, SealedReference)
+    return len(ref.blob)
+
+
+def _sealed_next_steps(
+    env_file: EnvFile,
+    args: argparse.Namespace,
+    context: Mapping[str, str] | None,
+    source: KmsKeySource | LocalKeySource,
+) -> None:
+    print("Next:")
+    print(f"  - ship {env_file.path}'s sealed values and {DATA_KEY} together: they open only as a set.")
+    if isinstance(source, LocalKeySource):
+        print(f"  - set {LOCAL_KEY_FILE}={source.path} where the app runs.")
+    elif context:
+        print(f"  - bootstrap() must use the same encryption context ({_describe_context(context)}).")
+    print(f"  - check it: secretboot check --env-file {env_file.path}")
 
 
 # -- rotate -----------------------------------------------------------------------------------

@@ -60,6 +60,10 @@ class EnvFile:
     def __contains__(self, name: object) -> bool:
         return name in self._counts
 
+    def names(self) -> list[str]:
+        """Every variable the file sets, in order of first appearance."""
+        return list(self._counts)
+
     def get(self, name: str) -> str | None:
         """The value of ``name``; an error if it is set more than once (which wins is unclear)."""
         if self._counts.get(name, 0) > 1:

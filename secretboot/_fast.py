@@ -26,7 +26,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the co
 if TYPE_CHECKING:
     from typing import Any
 
-_TARGETS = {"kms": "TrentService", "ssm": "AmazonSSM"}
+_TARGETS = {"kms": "TrentService", "ssm": "AmazonSSM", "secretsmanager": "secretsmanager"}
 _USER_AGENT = "secretboot/0.1.0 (fast transport)"
 
 # botocore's standard retry mode, mirrored.
@@ -143,6 +143,32 @@ class FastTransport:
         except (KeyError, TypeError, AttributeError):
             raise t.TransportError(t.SERVICE_ERROR, "malformed GetParameters response") from None
 
+    def get_secret_values(self, secret_ids: Sequence[str]) -> t.Secrets:
+        answer = self._call("secretsmanager", "BatchGetSecretValue", {"SecretIdList": list(secret_ids)})
+        try:
+            found = [_secret(s) for s in answer.get("SecretValues", ())]
+            errors = [
+                t.SecretError(e["SecretId"], str(e.get("ErrorCode", "")), str(e.get("Message", "")))
+                for e in answer.get("Errors", ())
+            ]
+            return t.Secrets(found, errors)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise t.TransportError(t.SERVICE_ERROR, "malformed BatchGetSecretValue response") from None
+
+    def get_secret_value(
+        self, secret_id: str, *, version_stage: str | None, version_id: str | None
+    ) -> t.Secret:
+        payload = {"SecretId": secret_id}
+        if version_stage:
+            payload["VersionStage"] = version_stage
+        if version_id:
+            payload["VersionId"] = version_id
+        answer = self._call("secretsmanager", "GetSecretValue", payload)
+        try:
+            return _secret(answer)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise t.TransportError(t.SERVICE_ERROR, "malformed GetSecretValue response") from None
+
     def _call(self, service: str, operation: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         pool = self._pools[service]
         body = json.dumps(payload).encode()
@@ -190,6 +216,16 @@ class FastTransport:
                 self.retries += 1
             self._sleep(self._jitter() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF))
         raise AssertionError("unreachable")
+
+
+def _secret(answer: Mapping[str, Any]) -> t.Secret:
+    binary = answer.get("SecretBinary")
+    return t.Secret(
+        str(answer["Name"]),
+        str(answer.get("ARN", "")),
+        string=answer.get("SecretString"),
+        binary=base64.b64decode(binary, validate=True) if binary is not None else None,
+    )
 
 
 def _error(status: int, headers: Mapping[str, str], data: bytes) -> tuple[str, str]:

@@ -33,23 +33,10 @@ class KmsResolver:
 
     def _decrypt(self, ref: KmsReference, variables: Sequence[str]) -> Outcome:
         outcome = Outcome()
-        contexts = self._settings.contexts
         try:
-            for attempt, context in enumerate(contexts, 1):
-                outcome.calls["kms"] += 1
-                try:
-                    plaintext, key_arn = self._transport.decrypt(
-                        ref.ciphertext, context=context, key_id=self._settings.key_id
-                    )
-                    break
-                except t.TransportError as exc:
-                    # Only a context mismatch is worth another try without it.
-                    if exc.reason != t.INVALID_CIPHERTEXT or attempt == len(contexts):
-                        raise
+            plaintext, key_arn = decrypt(self._transport, self._settings, ref.ciphertext, outcome)
         except t.TransportError as exc:
-            detail = _DETAILS.get(exc.reason, exc.detail)
-            if exc.reason == t.INVALID_CIPHERTEXT:
-                detail += f" (tried {_describe(contexts)})"
+            detail = failure_detail(exc, self._settings)
             outcome.failures.extend(Failure(v, ref.kind, ref.target, exc.reason, detail) for v in variables)
             return outcome
         decode(outcome, plaintext, variables, kind=ref.kind, target=ref.target)
@@ -58,8 +45,34 @@ class KmsResolver:
         return outcome
 
 
+def decrypt(
+    transport: t.Transport, settings: KmsSettings, ciphertext: bytes, outcome: Outcome
+) -> tuple[bytes, str]:
+    """``Decrypt`` with each configured context in turn; counts calls in ``outcome``.
+
+    Returns (plaintext, key ARN); raises the last ``TransportError``.
+    """
+    contexts = settings.contexts
+    for attempt, context in enumerate(contexts, 1):
+        outcome.calls["kms"] += 1
+        try:
+            return transport.decrypt(ciphertext, context=context, key_id=settings.key_id)
+        except t.TransportError as exc:
+            # Only a context mismatch is worth another try without it.
+            if exc.reason != t.INVALID_CIPHERTEXT or attempt == len(contexts):
+                raise
+    raise AssertionError("unreachable")
+
+
+def failure_detail(exc: t.TransportError, settings: KmsSettings) -> str:
+    """What a failed ``Decrypt`` means, naming the contexts tried by their keys only."""
+    detail = _DETAILS.get(exc.reason, exc.detail)
+    if exc.reason == t.INVALID_CIPHERTEXT:
+        detail += f" (tried {_describe(settings.contexts)})"
+    return detail
+
+
 def _describe(contexts: Sequence[Mapping[str, str] | None]) -> str:
-    """Name the contexts tried by their keys only."""
     parts = [
         "encryption context with keys " + ", ".join(sorted(c)) if c else "no encryption context"
         for c in contexts

@@ -17,7 +17,10 @@ from secretboot._errors import ReferenceSyntaxError
 
 KMS_PREFIX = "kms:"
 SSM_PREFIX = "ssm:"
+SEALED_PREFIX = "sealed:"
+SECRETS_MANAGER_PREFIX = "secretsmanager:"
 DYNAMIC_MARK = "{{resolve:"
+_PREFIXES = (KMS_PREFIX, SSM_PREFIX, SEALED_PREFIX, SECRETS_MANAGER_PREFIX)
 
 # Genuine AWS KMS symmetric ciphertext starts with these bytes, so its base64
 # starts with "AQICAH". The format is undocumented: a heuristic, kept narrow.
@@ -41,6 +44,24 @@ _DYNAMIC = r"\{\{resolve:(?P<kind>[a-z\-]+):(?P<body>[^{}]*)\}\}"
 # The API's Names field takes up to 2048 characters (an ARN included); SSM
 # itself enforces its tighter rules (1011-character names, 15 levels).
 _SSM_MAX_NAME = 2048
+
+# A sealed blob: format version, 96-bit nonce, AES-256-GCM ciphertext and 16-byte tag.
+SEALED_VERSION = 1
+SEALED_NONCE_SIZE = 12
+SEALED_TAG_SIZE = 16
+SEALED_OVERHEAD = 1 + SEALED_NONCE_SIZE + SEALED_TAG_SIZE
+# Sealed values live in files as much as in Lambda's 4 KB: room for a
+# certificate bundle, not for a database dump.
+SEALED_MAX_BLOB = 1 << 20
+
+# Secrets Manager: names of 1-512 characters from this set; ARNs of the
+# "secret" resource type; version stages of up to 256 characters; version ids
+# of 32-64 characters (UUIDs when Secrets Manager makes them).
+_SM_NAME = r"[A-Za-z0-9/_+=.@\-]{1,512}"
+_SM_ARN = r"arn:aws[a-z\-]*:secretsmanager:[a-z0-9\-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@\-]{1,512}"
+_SM_STAGE = r"[A-Za-z0-9_.@+=/\-]{1,256}"
+_SM_VERSION_ID = r"[A-Za-z0-9\-]{32,64}"
+_SM_MAX_JSON_KEY = 1024
 
 
 class KmsReference:
@@ -155,7 +176,156 @@ class SsmReference:
         return (SsmReference, (self.name, self.selector))
 
 
-Reference = KmsReference | SsmReference
+class SealedReference:
+    """A value sealed locally (AES-256-GCM) under the data key in ``SECRETBOOT_DATA_KEY``.
+
+    Opening it needs that data key, unwrapped once per boot for every sealed
+    value, and the variable's name, which is bound to the blob.
+    """
+
+    __slots__ = ("blob",)
+    kind = "sealed"
+    blob: bytes
+
+    def __init__(self, blob: bytes) -> None:
+        if not isinstance(blob, bytes):
+            raise TypeError("blob must be bytes")
+        if len(blob) <= SEALED_OVERHEAD or len(blob) > SEALED_MAX_BLOB:
+            raise ReferenceSyntaxError(
+                f"a sealed value must be {SEALED_OVERHEAD + 1} to {SEALED_MAX_BLOB} bytes once decoded"
+            )
+        if blob[0] != SEALED_VERSION:
+            raise ReferenceSyntaxError(f"unknown sealed format version {blob[0]}")
+        object.__setattr__(self, "blob", blob)
+
+    @property
+    def target(self) -> str:
+        return f"<sealed, {len(self.blob)} bytes>"
+
+    def __str__(self) -> str:
+        return SEALED_PREFIX + b64encode(self.blob).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"SealedReference({self.target})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SealedReference):
+            return NotImplemented
+        return self.blob == other.blob
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.blob))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("references are immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("references are immutable")
+
+    def __reduce__(self) -> tuple[type[SealedReference], tuple[bytes]]:
+        return (SealedReference, (self.blob,))
+
+
+class SecretsManagerReference:
+    """A Secrets Manager secret, or one key of its JSON, at a version stage or id.
+
+    ``secret_id`` is a name or ARN. With neither ``version_stage`` nor
+    ``version_id`` the current version (``AWSCURRENT``) is read.
+    """
+
+    __slots__ = ("json_key", "secret_id", "version_id", "version_stage")
+    kind = "secretsmanager"
+    secret_id: str
+    json_key: str | None
+    version_stage: str | None
+    version_id: str | None
+
+    def __init__(
+        self,
+        secret_id: str,
+        *,
+        json_key: str | None = None,
+        version_stage: str | None = None,
+        version_id: str | None = None,
+    ) -> None:
+        if not isinstance(secret_id, str):
+            raise TypeError("secret_id must be a str")
+        pattern = _SM_ARN if secret_id.startswith("arn:") else _SM_NAME
+        if not re.fullmatch(pattern, secret_id):
+            raise ReferenceSyntaxError(
+                "not a valid secret ARN"
+                if secret_id.startswith("arn:")
+                else "secret name must be 1 to 512 of letters, digits and /_+=.@-"
+            )
+        if json_key is not None and not 0 < len(json_key) <= _SM_MAX_JSON_KEY:
+            raise ReferenceSyntaxError(f"JSON key must be 1 to {_SM_MAX_JSON_KEY} characters")
+        if version_stage is not None and not re.fullmatch(_SM_STAGE, version_stage):
+            raise ReferenceSyntaxError("version stage must be 1 to 256 of letters, digits and _.@+=/-")
+        if version_id is not None and not re.fullmatch(_SM_VERSION_ID, version_id):
+            raise ReferenceSyntaxError("version id must be 32 to 64 of letters, digits and '-'")
+        if (version_stage or version_id) and json_key is not None and re.search(r"[:{}]", json_key):
+            # The canonical form with a version is the dynamic one, where these cannot appear.
+            raise ReferenceSyntaxError("a JSON key read at a version cannot hold ':', '{' or '}'")
+        object.__setattr__(self, "secret_id", secret_id)
+        object.__setattr__(self, "json_key", json_key)
+        object.__setattr__(self, "version_stage", version_stage)
+        object.__setattr__(self, "version_id", version_id)
+
+    @property
+    def current(self) -> bool:
+        """True when this reads the current version (what ``BatchGetSecretValue`` returns)."""
+        return self.version_stage is None and self.version_id is None
+
+    @property
+    def target(self) -> str:
+        """The secret, key and version: names, not data."""
+        text = self.secret_id + (f"#{self.json_key}" if self.json_key is not None else "")
+        if self.version_stage is not None:
+            text += f" (stage {self.version_stage})"
+        if self.version_id is not None:
+            text += f" (version {self.version_id})"
+        return text
+
+    def __str__(self) -> str:
+        if self.current:
+            key = f"#{self.json_key}" if self.json_key is not None else ""
+            return f"{SECRETS_MANAGER_PREFIX}{self.secret_id}{key}"
+        fields = ":".join([self.json_key or "", self.version_stage or "", self.version_id or ""])
+        return f"{{{{resolve:secretsmanager:{self.secret_id}:SecretString:{fields.rstrip(':')}}}}}"
+
+    def __repr__(self) -> str:
+        return f"SecretsManagerReference({self.target!r})"
+
+    def _key(self) -> tuple[str, str | None, str | None, str | None]:
+        return (self.secret_id, self.json_key, self.version_stage, self.version_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretsManagerReference):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((self.kind, *self._key()))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("references are immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("references are immutable")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_secrets_manager, self._key())
+
+
+def _secrets_manager(
+    secret_id: str, json_key: str | None, version_stage: str | None, version_id: str | None
+) -> SecretsManagerReference:
+    return SecretsManagerReference(
+        secret_id, json_key=json_key, version_stage=version_stage, version_id=version_id
+    )
+
+
+Reference = KmsReference | SsmReference | SealedReference | SecretsManagerReference
 
 
 def _check_ssm_name(name: str) -> None:
@@ -194,11 +364,7 @@ def looks_like_kms_ciphertext(value: str) -> bool:
 
 def is_reference(value: str) -> bool:
     """Cheap test: could this value be a reference? Parsing may still reject it."""
-    return (
-        value.startswith((KMS_PREFIX, SSM_PREFIX))
-        or DYNAMIC_MARK in value
-        or looks_like_kms_ciphertext(value)
-    )
+    return value.startswith(_PREFIXES) or DYNAMIC_MARK in value or looks_like_kms_ciphertext(value)
 
 
 def parse_reference(value: str, *, variable: str | None = None) -> Reference | None:
@@ -213,6 +379,11 @@ def parse_reference(value: str, *, variable: str | None = None) -> Reference | N
         return _parsed("kms", _parse_kms_base64, value[len(KMS_PREFIX) :], variable)
     if value.startswith(SSM_PREFIX):
         return _parsed("ssm", _parse_ssm, value[len(SSM_PREFIX) :], variable)
+    if value.startswith(SEALED_PREFIX):
+        return _parsed("sealed", _parse_sealed, value[len(SEALED_PREFIX) :], variable)
+    if value.startswith(SECRETS_MANAGER_PREFIX):
+        body = value[len(SECRETS_MANAGER_PREFIX) :]
+        return _parsed("secretsmanager", _parse_secrets_manager, body, variable)
     if DYNAMIC_MARK in value:
         return _parsed("dynamic", _parse_dynamic, value, variable)
     if looks_like_kms_ciphertext(value):
@@ -238,15 +409,56 @@ def _parsed(kind: str, parser: Callable[[str], Reference], body: str, variable: 
 
 
 def _parse_kms_base64(body: str) -> KmsReference:
+    return KmsReference(_base64(body, "KMS ciphertext"))
+
+
+def _base64(body: str, what: str) -> bytes:
+    """Strict standard base64 with padding; no whitespace."""
     if not body:
-        raise ReferenceSyntaxError("KMS ciphertext is empty")
+        raise ReferenceSyntaxError(f"{what} is empty")
     if len(body) % 4 or not re.fullmatch(_B64_STD, body):
-        raise ReferenceSyntaxError("KMS ciphertext is not valid standard base64")
+        raise ReferenceSyntaxError(f"{what} is not valid standard base64")
     try:
-        blob = b64decode(body, validate=True)
+        return b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise ReferenceSyntaxError("KMS ciphertext is not valid standard base64") from None
-    return KmsReference(blob)
+        raise ReferenceSyntaxError(f"{what} is not valid standard base64") from None
+
+
+def _parse_sealed(body: str) -> SealedReference:
+    if len(body) > (SEALED_MAX_BLOB + 2) // 3 * 4:
+        raise ReferenceSyntaxError(f"a sealed value must be at most {SEALED_MAX_BLOB} bytes once decoded")
+    return SealedReference(_base64(body, "sealed value"))
+
+
+def _parse_secrets_manager(body: str) -> SecretsManagerReference:
+    # Secret names and ARNs never hold '#': everything after it is the JSON key.
+    secret_id, sep, json_key = body.partition("#")
+    if sep and not json_key:
+        raise ReferenceSyntaxError("JSON key after '#' is empty")
+    if not secret_id:
+        raise ReferenceSyntaxError("secret id is empty")
+    return SecretsManagerReference(secret_id, json_key=json_key if sep else None)
+
+
+def _parse_dynamic_secrets_manager(body: str) -> SecretsManagerReference:
+    """CloudFormation's ``secret-id:SecretString:json-key:version-stage:version-id``."""
+    fields = body.split(":")
+    # An ARN's own colons: arn:partition:secretsmanager:region:account:secret:name.
+    head = 7 if body.startswith("arn:") else 1
+    if len(fields) < head:
+        raise ReferenceSyntaxError("not a valid secret ARN")
+    secret_id, rest = ":".join(fields[:head]), fields[head:]
+    if len(rest) > 4:
+        raise ReferenceSyntaxError(
+            "too many fields: the form is secret-id:SecretString:json-key:version-stage:version-id"
+        )
+    rest += [""] * (4 - len(rest))
+    if rest[0] not in ("", "SecretString"):
+        raise ReferenceSyntaxError("the field after the secret id must be SecretString")
+    json_key, stage, version_id = (field or None for field in rest[1:])
+    if not secret_id:
+        raise ReferenceSyntaxError("secret id is empty")
+    return SecretsManagerReference(secret_id, json_key=json_key, version_stage=stage, version_id=version_id)
 
 
 def _parse_ssm(body: str) -> SsmReference:
@@ -269,16 +481,21 @@ def _split_selector(body: str) -> tuple[str, str | None]:
     return head + name, (selector if sep else None)
 
 
-def _parse_dynamic(value: str) -> SsmReference:
+def _parse_dynamic(value: str) -> SsmReference | SecretsManagerReference:
     match = re.fullmatch(_DYNAMIC, value)
     if match is None:
         raise ReferenceSyntaxError(
-            "a {{resolve:...}} dynamic reference must be the whole value, "
-            "as {{resolve:ssm-secure:NAME[:VERSION]}} or {{resolve:ssm:NAME[:VERSION]}}"
+            "a {{resolve:...}} dynamic reference must be the whole value, as "
+            "{{resolve:ssm-secure:NAME[:VERSION]}}, {{resolve:ssm:NAME[:VERSION]}} or "
+            "{{resolve:secretsmanager:ID[:SecretString[:JSON_KEY[:STAGE[:VERSION_ID]]]]}}"
         )
     kind = match["kind"]
+    if kind == "secretsmanager":
+        return _parse_dynamic_secrets_manager(match["body"])
     if kind not in ("ssm", "ssm-secure"):
-        raise ReferenceSyntaxError(f"dynamic reference kind {kind!r} is not supported; use ssm or ssm-secure")
+        raise ReferenceSyntaxError(
+            f"dynamic reference kind {kind!r} is not supported; use ssm, ssm-secure or secretsmanager"
+        )
     name, version = _split_selector(match["body"])
     # CloudFormation's own syntax allows only a version number here.
     if version is not None and not version.isdecimal():

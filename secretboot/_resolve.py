@@ -35,7 +35,23 @@ MAX_WORKERS = 64
 RESOLVERS: Mapping[str, Callable[[Transport, Settings], Resolver[Any]]] = {
     "kms": lambda transport, settings: KmsResolver(transport, settings.kms),
     "ssm": lambda transport, settings: SsmResolver(transport),
+    "sealed": lambda transport, settings: _sealed_resolver(transport, settings),
+    "secretsmanager": lambda transport, settings: _secrets_manager_resolver(transport),
 }
+
+
+# These two are imported only when a reference of their kind is found (the
+# sealed one brings cryptography with it).
+def _sealed_resolver(transport: Transport, settings: Settings) -> Resolver[Any]:
+    from secretboot._sealed import SealedResolver
+
+    return SealedResolver(transport, settings)
+
+
+def _secrets_manager_resolver(transport: Transport) -> Resolver[Any]:
+    from secretboot._secretsmanager import SecretsManagerResolver
+
+    return SecretsManagerResolver(transport)
 
 
 def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transport | None = None) -> Outcome:
@@ -53,6 +69,8 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
     for result in _run_all(tasks):
         outcome.merge(result)
+    if not outcome.calls:
+        outcome.transport = ""  # say, sealed values under a local key: AWS was never asked
     return outcome
 
 

@@ -13,6 +13,8 @@ KMS_KEY_ID = "SECRETBOOT_KMS_KEY_ID"
 ENV_FILE = "SECRETBOOT_ENV_FILE"
 EXPORT = "SECRETBOOT_EXPORT"
 TRANSPORT = "SECRETBOOT_TRANSPORT"
+DATA_KEY = "SECRETBOOT_DATA_KEY"
+LOCAL_KEY_FILE = "SECRETBOOT_LOCAL_KEY_FILE"
 TRANSPORTS = ("auto", "fast", "boto3")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
@@ -38,10 +40,13 @@ class KmsSettings:
 class Settings:
     """Everything the resolvers need, read once from the environment being booted."""
 
-    __slots__ = ("aws", "kms", "transport")
+    __slots__ = ("aws", "data_key", "kms", "local_key_file", "transport")
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.kms = kms_settings(env)
+        # Sealed values: the wrapped data key, and the key file that unwraps a local: one.
+        self.data_key = env.get(DATA_KEY) or None
+        self.local_key_file = env.get(LOCAL_KEY_FILE) or None
         # The AWS SDK's own variables (region, endpoint, credentials, proxies)
         # as they are in this environment, which may be a mapping or include a
         # .env file.

@@ -1,4 +1,4 @@
-"""The seam between resolvers and AWS: decrypt one blob, get many parameters.
+"""The seam between resolvers and AWS: decrypt one blob, get parameters and secrets.
 
 Resolvers speak only this interface, so a faster transport can replace boto3
 without touching them. Transports raise ``TransportError`` with a normalised
@@ -55,6 +55,10 @@ _CODES: Mapping[str, str] = {
     "KeyUnavailableException": KEY_UNAVAILABLE,
     "InvalidKeyUsageException": KEY_UNAVAILABLE,
     "NotFoundException": NOT_FOUND,
+    "ResourceNotFoundException": NOT_FOUND,
+    "DecryptionFailure": KEY_UNAVAILABLE,
+    "InvalidRequestException": INVALID_REQUEST,
+    "InvalidParameterException": INVALID_REQUEST,
     "ParameterNotFound": PARAMETER_NOT_FOUND,
     "ParameterVersionNotFound": PARAMETER_NOT_FOUND,
     "ThrottlingException": THROTTLED,
@@ -137,6 +141,42 @@ class Parameter:
         return f"Parameter({self.name!r})"
 
 
+class Secret:
+    """One secret value from Secrets Manager: text or binary. Its ``repr`` leaves both out."""
+
+    __slots__ = ("arn", "binary", "name", "string")
+
+    def __init__(self, name: str, arn: str, *, string: str | None, binary: bytes | None) -> None:
+        self.name = name
+        self.arn = arn
+        self.string = string
+        self.binary = binary
+
+    def __repr__(self) -> str:
+        return f"Secret({self.name!r})"
+
+
+class SecretError:
+    """A per-secret failure inside a ``BatchGetSecretValue`` answer."""
+
+    __slots__ = ("detail", "reason", "secret_id")
+
+    def __init__(self, secret_id: str, code: str, message: str) -> None:
+        self.secret_id = secret_id
+        self.reason = reason_for_code(code)
+        self.detail = scrub(message)
+
+
+class Secrets:
+    """A ``BatchGetSecretValue`` answer: secrets found, and per-secret errors."""
+
+    __slots__ = ("errors", "found")
+
+    def __init__(self, found: Sequence[Secret], errors: Sequence[SecretError]) -> None:
+        self.found = found
+        self.errors = errors
+
+
 class Parameters:
     """A ``GetParameters`` answer: what was found, and the names it called invalid."""
 
@@ -160,4 +200,14 @@ if TYPE_CHECKING:
 
         def get_parameters(self, names: Sequence[str]) -> Parameters:
             """One ``GetParameters`` call (at most 10 names, with decryption)."""
+            ...
+
+        def get_secret_values(self, secret_ids: Sequence[str]) -> Secrets:
+            """One ``BatchGetSecretValue`` call (at most 20 ids; current versions)."""
+            ...
+
+        def get_secret_value(
+            self, secret_id: str, *, version_stage: str | None, version_id: str | None
+        ) -> Secret:
+            """One ``GetSecretValue`` call, at a version stage or id if given."""
             ...

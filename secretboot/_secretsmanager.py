@@ -1,0 +1,125 @@
+"""Secrets Manager source: ``BatchGetSecretValue`` (at most 20 ids a call) for current
+versions, ``GetSecretValue`` for a version stage or id; JSON keys picked out locally."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from functools import partial
+
+from secretboot import _transport as t
+from secretboot._errors import Failure
+from secretboot._outcome import Outcome, decode
+from secretboot._reference import SecretsManagerReference
+
+BATCH_SIZE = 20  # the API's limit on SecretIdList
+
+_DETAILS = {
+    t.NOT_FOUND: "no such secret, version or stage (or not visible to these credentials)",
+    t.ACCESS_DENIED: "not allowed to call secretsmanager:GetSecretValue on this secret",
+}
+
+# The variables reading one secret: variable -> its reference (which may name a JSON key).
+_Readers = Mapping[str, SecretsManagerReference]
+
+
+class SecretsManagerResolver:
+    def __init__(self, transport: t.Transport) -> None:
+        self._transport = transport
+
+    def plan(self, refs: _Readers) -> list[Callable[[], Outcome]]:
+        """Current versions in batches of distinct ids; each pinned version on its own."""
+        current: dict[str, dict[str, SecretsManagerReference]] = {}
+        pinned: dict[tuple[str, str | None, str | None], dict[str, SecretsManagerReference]] = {}
+        for variable, ref in refs.items():
+            if ref.current:
+                current.setdefault(ref.secret_id, {})[variable] = ref
+            else:
+                key = (ref.secret_id, ref.version_stage, ref.version_id)
+                pinned.setdefault(key, {})[variable] = ref
+        ids = list(current)
+        tasks: list[Callable[[], Outcome]] = [
+            partial(self._batch, {i: current[i] for i in ids[start : start + BATCH_SIZE]})
+            for start in range(0, len(ids), BATCH_SIZE)
+        ]
+        tasks += [partial(self._single, readers) for readers in pinned.values()]
+        return tasks
+
+    def _batch(self, chunk: Mapping[str, _Readers]) -> Outcome:
+        outcome = Outcome()
+        outcome.calls["secretsmanager"] += 1
+        try:
+            answer = self._transport.get_secret_values(list(chunk))
+        except t.TransportError as exc:
+            if exc.reason == t.ACCESS_DENIED:
+                # Many roles grant only GetSecretValue: read each secret alone,
+                # which also names exactly the denied ones.
+                for readers in chunk.values():
+                    outcome.merge(self._single(readers))
+                return outcome
+            for readers in chunk.values():
+                _fail(outcome, readers, exc.reason, _DETAILS.get(exc.reason, exc.detail))
+            return outcome
+        errors = {error.secret_id: error for error in answer.errors}
+        for secret_id, readers in chunk.items():
+            secret = next((s for s in answer.found if _answers(s, secret_id)), None)
+            if secret is not None:
+                _extract(outcome, secret, readers)
+            elif secret_id in errors:
+                error = errors[secret_id]
+                _fail(outcome, readers, error.reason, _DETAILS.get(error.reason, error.detail))
+            else:
+                # Neither returned nor reported: fail rather than drop the variable.
+                _fail(outcome, readers, t.SERVICE_ERROR, "the answer did not include this secret")
+        return outcome
+
+    def _single(self, readers: _Readers) -> Outcome:
+        outcome = Outcome()
+        outcome.calls["secretsmanager"] += 1
+        ref = next(iter(readers.values()))
+        try:
+            secret = self._transport.get_secret_value(
+                ref.secret_id, version_stage=ref.version_stage, version_id=ref.version_id
+            )
+        except t.TransportError as exc:
+            _fail(outcome, readers, exc.reason, _DETAILS.get(exc.reason, exc.detail))
+            return outcome
+        _extract(outcome, secret, readers)
+        return outcome
+
+
+def _answers(secret: t.Secret, secret_id: str) -> bool:
+    """Is ``secret`` the answer for ``secret_id``: its name, its ARN, or its ARN less the suffix?"""
+    if secret_id in (secret.name, secret.arn):
+        return True
+    # A partial ARN leaves out the "-" and six random characters Secrets Manager appends.
+    return secret_id.startswith("arn:") and secret.arn[:-7] == secret_id and secret.arn[-7:-6] == "-"
+
+
+def _extract(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
+    for variable, ref in readers.items():
+        if ref.json_key is None:
+            if secret.string is not None:
+                outcome.values[variable] = secret.string
+            else:
+                decode(outcome, secret.binary or b"", [variable], kind=ref.kind, target=ref.target)
+            continue
+        if secret.string is None:
+            _fail(outcome, {variable: ref}, "NotJson", "the secret is binary; drop '#KEY' to read it whole")
+            continue
+        try:
+            document = json.loads(secret.string)
+        except (ValueError, RecursionError):
+            document = None
+        if not isinstance(document, dict):
+            _fail(outcome, {variable: ref}, "NotJson", "the secret is not a JSON object; drop the JSON key")
+            continue
+        if ref.json_key not in document:
+            _fail(outcome, {variable: ref}, "JsonKeyNotFound", f"the secret has no JSON key {ref.json_key!r}")
+            continue
+        value = document[ref.json_key]
+        outcome.values[variable] = value if isinstance(value, str) else json.dumps(value)
+
+
+def _fail(outcome: Outcome, readers: _Readers, reason: str, detail: str) -> None:
+    outcome.failures.extend(Failure(v, ref.kind, ref.target, reason, detail) for v, ref in readers.items())
