@@ -16,7 +16,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from secretboot import _sigv4
@@ -59,8 +59,8 @@ _STANDARD_REGION = r"(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]+"
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
-def unsupported(env: Mapping[str, str]) -> str | None:
-    """Why the fast transport cannot serve this environment, or ``None`` if it can."""
+def unsupported(env: Mapping[str, str], services: Collection[str] = tuple(_TARGETS)) -> str | None:
+    """Why the fast transport cannot serve ``services`` in this environment, or ``None`` if it can."""
     if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
         return "AWS credentials are not in the environment"
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
@@ -71,7 +71,7 @@ def unsupported(env: Mapping[str, str]) -> str | None:
             return f"{flag} is set"
     if any(env.get(name) for name in _PROXY_VARIABLES):
         return "an HTTP proxy is configured"
-    for service in _TARGETS:
+    for service in services:
         url = t.endpoint_url(env, service)
         if url is None and not re.fullmatch(_STANDARD_REGION, region):
             return f"region {region!r} is outside the standard partition"
@@ -89,10 +89,11 @@ class FastTransport:
         self,
         env: Mapping[str, str],
         *,
+        services: Collection[str] = tuple(_TARGETS),
         rand: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        why = unsupported(env)
+        why = unsupported(env, services)
         if why is not None:
             raise ValueError(f"the fast transport cannot be used: {why}")
         self._region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""

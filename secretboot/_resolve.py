@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from secretboot._errors import ConfigurationError
 from secretboot._kms import KmsResolver
@@ -32,11 +32,12 @@ MAX_WORKERS = 64
 
 
 # One registry keyed by reference kind: adding a source means one entry here.
-RESOLVERS: Mapping[str, Callable[[Transport, Settings], Resolver[Any]]] = {
-    "kms": lambda transport, settings: KmsResolver(transport, settings.kms),
-    "ssm": lambda transport, settings: SsmResolver(transport),
-    "sealed": lambda transport, settings: _sealed_resolver(transport, settings),
-    "secretsmanager": lambda transport, settings: _secrets_manager_resolver(transport),
+# Each entry: the AWS services its requests go to, and how to build it.
+RESOLVERS: Mapping[str, tuple[tuple[str, ...], Callable[[Transport, Settings], Resolver[Any]]]] = {
+    "kms": (("kms",), lambda transport, settings: KmsResolver(transport, settings.kms)),
+    "ssm": (("ssm",), lambda transport, settings: SsmResolver(transport)),
+    "sealed": (("kms",), lambda transport, settings: _sealed_resolver(transport, settings)),
+    "secretsmanager": (("secretsmanager",), lambda transport, settings: _secrets_manager_resolver(transport)),
 }
 
 
@@ -63,9 +64,10 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
     for variable, ref in refs.items():
         groups.setdefault(ref.kind, {})[variable] = ref
     if transport is None:
-        transport = default_transport(settings)
+        services = {service for kind in groups for service in RESOLVERS[kind][0]}
+        transport = default_transport(settings, services)
     outcome.transport = transport.name
-    resolvers = {kind: RESOLVERS[kind](transport, settings) for kind in groups}
+    resolvers = {kind: RESOLVERS[kind][1](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
     for result in _run_all(tasks):
         outcome.merge(result)
@@ -114,17 +116,17 @@ def _run_all(tasks: Sequence[Callable[[], Outcome]]) -> list[Outcome]:
     return results
 
 
-def default_transport(settings: Settings) -> Transport:
-    """The fast transport where it can serve the environment, else boto3.
+def default_transport(settings: Settings, services: Collection[str] = ("kms", "ssm")) -> Transport:
+    """The fast transport where it can serve the environment for ``services``, else boto3.
 
     ``SECRETBOOT_TRANSPORT`` forces one: ``fast`` is an error where it cannot serve.
     """
     if settings.transport != "boto3":
         from secretboot import _fast
 
-        why = _fast.unsupported(settings.aws)
+        why = _fast.unsupported(settings.aws, services)
         if why is None:
-            return _fast.FastTransport(settings.aws)
+            return _fast.FastTransport(settings.aws, services=services)
         if settings.transport == "fast":
             raise ConfigurationError(f"{TRANSPORT}=fast, but {why}")
     from secretboot._boto3 import Boto3Transport

@@ -231,7 +231,7 @@ class TestFailures:
             "BAD_VERSION": "ssm:/app/good:7",
             "MALFORMED": "kms:%%%not-base64",
             "BAD_BLOB": "kms:" + base64.b64encode(b"garbage-ciphertext-bytes").decode(),
-            "UNSUPPORTED": "{{resolve:secretsmanager:prod/db}}",
+            "UNSUPPORTED": "{{resolve:ssm-foo:prod/db}}",
         }
         os.environ["GOOD_SSM"] = "ssm:/app/good"
         caplog.set_level(logging.DEBUG)
@@ -247,7 +247,7 @@ class TestFailures:
         }
         targets = {f.variable: f.target for f in info.value.failures}
         assert targets["MISSING"] == "/app/missing"
-        assert "secretsmanager" in str(info.value)
+        assert "ssm-foo" in str(info.value)
         # Fail closed: nothing exported, nothing cached.
         assert os.environ["GOOD_SSM"] == "ssm:/app/good"
         assert "GOOD_KMS" not in os.environ

@@ -271,10 +271,8 @@ MALFORMED = [
     pytest.param(
         "ssm:arn:aws:kms:us-east-1:123456789012:parameter/zq9", "ssm", "zq9", id="ssm-arn-kms-service"
     ),
-    pytest.param("{{resolve:secretsmanager:x}}", "dynamic", "secretsmanager:x", id="dynamic-secretsmanager"),
-    pytest.param(
-        "{{resolve:secretsmanager:Zq9DbSecret}}", "dynamic", "Zq9DbSecret", id="dynamic-unsupported"
-    ),
+    pytest.param("{{resolve:s3:x}}", "dynamic", "s3:x", id="dynamic-s3"),
+    pytest.param("{{resolve:ssm-foo:Zq9DbSecret}}", "dynamic", "Zq9DbSecret", id="dynamic-unsupported"),
     pytest.param("{{resolve:ssm-secure:/a:label}}", "dynamic", "/a:label", id="dynamic-label"),
     pytest.param("{{resolve:ssm-secure:/a:0}}", "dynamic", "/a:0", id="dynamic-version-zero"),
     pytest.param("{{resolve:ssm-secure:/zq9secret:}}", "dynamic", "zq9secret", id="dynamic-empty-version"),
@@ -322,8 +320,8 @@ def test_malformed_without_variable(value: str, kind: str, marker: str | None) -
 
 
 def test_unsupported_dynamic_kind_is_named() -> None:
-    with pytest.raises(ReferenceSyntaxError, match="secretsmanager") as info:
-        parse_reference("{{resolve:secretsmanager:x}}", variable="MY_VAR")
+    with pytest.raises(ReferenceSyntaxError, match="'ssm-foo'") as info:
+        parse_reference("{{resolve:ssm-foo:x}}", variable="MY_VAR")
     assert info.value.kind == "dynamic"
 
 
