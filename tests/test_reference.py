@@ -562,7 +562,9 @@ NOT_KMS_B64 = st.one_of(
     st.binary(min_size=6140, max_size=6200).map(lambda t: KMS_HEADER + t),
 ).map(b64)
 ARBITRARY_PLAIN = st.text().filter(
-    lambda v: not v.startswith(("kms:", "ssm:", "AQICAH")) and "{{resolve:" not in v
+    lambda v: (
+        not v.startswith(("kms:", "ssm:", "sealed:", "secretsmanager:", "AQICAH")) and "{{resolve:" not in v
+    )
 )
 
 
@@ -617,6 +619,12 @@ REFERENCE_ISH = st.builds(
             "{{resolve:",
             "{{resolve:ssm:",
             "{{resolve:ssm-secure:/",
+            "{{resolve:secretsmanager:",
+            "{{resolve:secretsmanager:arn:aws:secretsmanager:us-east-1:123456789012:secret:",
+            "sealed:",
+            "sealed:AQ",
+            "secretsmanager:",
+            "secretsmanager:arn:aws:secretsmanager:us-east-1:123456789012:secret:",
             "x{{resolve:",
             "AQICAH",
         ]
@@ -625,7 +633,7 @@ REFERENCE_ISH = st.builds(
         st.text(max_size=40),
         st.text(alphabet=string.ascii_letters + string.digits + ":/=+{}.-_", max_size=40),
     ),
-    st.sampled_from(["", "}}", ":", ":3", ":0", ":prod", "=", "=="]),
+    st.sampled_from(["", "}}", ":", ":3", ":0", ":prod", "=", "==", "#key", ":SecretString:k:AWSCURRENT}}"]),
 )
 
 
@@ -650,7 +658,7 @@ def test_parse_reference_raises_only_reference_syntax_error(value: str) -> None:
         parse_reference(value, variable="FUZZ")
     except ReferenceSyntaxError as exc:
         assert exc.variable == "FUZZ"
-        assert exc.kind in ("kms", "ssm", "dynamic")
+        assert exc.kind in ("kms", "ssm", "sealed", "secretsmanager", "dynamic")
         assert str(exc).startswith("FUZZ: malformed reference: ")
 
 
