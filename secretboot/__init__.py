@@ -1,4 +1,5 @@
-"""secretboot: resolve KMS ciphertext and SSM references from the environment once.
+"""secretboot: resolve KMS ciphertext, sealed values and SSM and Secrets Manager references
+from the environment once.
 
     import secretboot
     secrets = secretboot.bootstrap()
@@ -17,7 +18,14 @@ from secretboot._errors import (
     SecretbootError,
 )
 from secretboot._keyring import Keyring
-from secretboot._reference import KmsReference, SsmReference, is_reference, parse_reference
+from secretboot._reference import (
+    KmsReference,
+    SealedReference,
+    SecretsManagerReference,
+    SsmReference,
+    is_reference,
+    parse_reference,
+)
 
 __version__ = "0.1.0"
 
@@ -42,8 +50,10 @@ __all__ = [
     "Keyring",
     "KmsReference",
     "ReferenceSyntaxError",
+    "SealedReference",
     "SecretFilter",
     "SecretbootError",
+    "SecretsManagerReference",
     "SsmReference",
     "bootstrap",
     "getenv",
