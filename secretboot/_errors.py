@@ -22,8 +22,8 @@ class ReferenceSyntaxError(SecretbootError, ValueError):
 
     ``variable`` is the environment variable it came from (``None`` when the
     caller parsed a bare value), ``kind`` the reference kind it was read as
-    (``kms``, ``ssm``, ``sealed``, ``secretsmanager`` or ``dynamic``) and ``reason`` what is wrong with it. The
-    value itself is deliberately not kept.
+    (``kms``, ``ssm``, ``sealed``, ``secretsmanager`` or ``dynamic``) and
+    ``reason`` what is wrong with it. The value itself is deliberately not kept.
     """
 
     __module__ = "secretboot"  # tracebacks say secretboot.ReferenceSyntaxError, the public name
