@@ -62,6 +62,7 @@ class Contender:
     script: str
     env: Mapping[str, str] = field(default_factory=dict)
     checked: bool = True  # bare prints "0 -": nothing to check
+    sealed: bool = False  # the same plaintexts as sealed values under one KMS data key
 
 
 CONTENDERS = (
@@ -72,6 +73,7 @@ CONTENDERS = (
     Contender("stdlib_min", "stdlib_min.py"),
     Contender("secretboot", "secretboot_app.py"),
     Contender("secretboot-boto3", "secretboot_app.py", {"SECRETBOOT_TRANSPORT": "boto3"}),
+    Contender("secretboot-sealed", "secretboot_app.py", sealed=True),
 )
 
 
@@ -80,6 +82,7 @@ class SecretSet:
     size: int
     references: dict[str, str]  # variable -> "kms:..." or "ssm:..."
     plaintexts: dict[str, str]  # variable -> plaintext
+    sealed: dict[str, str]  # variable -> "sealed:...", and SECRETBOOT_DATA_KEY
 
     @property
     def expected(self) -> str:
@@ -170,8 +173,19 @@ def create_secrets(moto_url: str, sizes: Iterable[int]) -> dict[int, SecretSet]:
                 ssm.put_parameter(Name=name, Value=plaintext, Type="SecureString")
                 references[variable] = "ssm:" + name
             plaintexts[variable] = plaintext
-        sets[size] = SecretSet(size, references, plaintexts)
+        sets[size] = SecretSet(size, references, plaintexts, seal(kms, key_id, plaintexts))
     return sets
+
+
+def seal(kms: Any, key_id: str, plaintexts: Mapping[str, str]) -> dict[str, str]:
+    """The plaintexts sealed as ``secretboot seal`` does: one KMS data key for them all."""
+    from secretboot import _envelope
+
+    answer = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    cipher = _envelope.aead(answer["Plaintext"])
+    sealed = {name: str(_envelope.seal(cipher, name, value.encode())) for name, value in plaintexts.items()}
+    sealed["SECRETBOOT_DATA_KEY"] = "kms:" + base64.b64encode(answer["CiphertextBlob"]).decode()
+    return sealed
 
 
 def base_env(endpoint: str) -> dict[str, str]:
@@ -222,7 +236,8 @@ def run_block(
         shift = max(round_, 0) % len(contenders)
         order = list(contenders[shift:]) + list(contenders[:shift])
         for contender in order:
-            result, calls = run_contender(spawner, proxy, contender, env, expected)
+            contender_env = {**env, **secret_set.sealed} if contender.sealed else env
+            result, calls = run_contender(spawner, proxy, contender, contender_env, expected)
             samples.append(
                 Sample(
                     contender.name,

@@ -80,6 +80,15 @@ def parse_data_key(value: str) -> WrappedKey:
     raise ReferenceSyntaxError("must start with kms: (wrapped by KMS) or local: (wrapped by a key file)")
 
 
+def load_aead() -> None:
+    """Import the AEAD module (tens of milliseconds), say while a request is in flight."""
+    try:
+        import cryptography.exceptions  # noqa: F401 - the import is the point
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: F401
+    except ImportError:
+        pass  # aead() reports it where it is needed
+
+
 def aead(key: bytes) -> AESGCM:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

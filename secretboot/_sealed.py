@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 
 from secretboot import _envelope as e
@@ -39,13 +40,20 @@ class SealedResolver:
 
     def _open_all(self, refs: Mapping[str, SealedReference]) -> Outcome:
         outcome = Outcome()
+        # Importing cryptography takes about as long as the KMS round trip: do it meanwhile.
+        warm = threading.Thread(target=e.load_aead, name="secretboot-aead", daemon=True)
+        warm.start()
         try:
-            cipher = e.aead(self._data_key(outcome))
+            data_key = self._data_key(outcome)
         except _DataKeyError as exc:
+            warm.join()
             outcome.failures.extend(
                 Failure(v, ref.kind, ref.target, exc.reason, exc.detail) for v, ref in refs.items()
             )
             return outcome
+        warm.join()
+        try:
+            cipher = e.aead(data_key)
         except e.IntegrityError:
             detail = f"the data key in {DATA_KEY} unwrapped to key material of the wrong size"
             outcome.failures.extend(
