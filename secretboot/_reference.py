@@ -55,10 +55,11 @@ SEALED_OVERHEAD = 1 + SEALED_NONCE_SIZE + SEALED_TAG_SIZE
 SEALED_MAX_BLOB = 1 << 20
 
 # Secrets Manager: names of 1-512 characters from this set; ARNs of the
-# "secret" resource type; version stages of up to 256 characters; version ids
-# of 32-64 characters (UUIDs when Secrets Manager makes them).
+# "secret" resource type, ending in the name, "-" and six random characters;
+# version stages of up to 256 characters; version ids of 32-64 characters
+# (UUIDs when Secrets Manager makes them).
 _SM_NAME = r"[A-Za-z0-9/_+=.@\-]{1,512}"
-_SM_ARN = r"arn:aws[a-z\-]*:secretsmanager:[a-z0-9\-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@\-]{1,512}"
+_SM_ARN = r"arn:aws[a-z\-]*:secretsmanager:[a-z0-9\-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@\-]{1,519}"
 _SM_STAGE = r"[A-Za-z0-9_.@+=/\-]{1,256}"
 _SM_VERSION_ID = r"[A-Za-z0-9\-]{32,64}"
 _SM_MAX_JSON_KEY = 1024

@@ -108,7 +108,8 @@ def _extract(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
             _fail(outcome, {variable: ref}, "NotJson", "the secret is binary; drop '#KEY' to read it whole")
             continue
         try:
-            document = json.loads(secret.string)
+            # A number comes back as written ("1.10" stays "1.10"); NaN and Infinity are not JSON.
+            document = json.loads(secret.string, parse_float=_Number, parse_int=_Number, parse_constant=_nan)
         except (ValueError, RecursionError):
             document = None
         if not isinstance(document, dict):
@@ -118,7 +119,22 @@ def _extract(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
             _fail(outcome, {variable: ref}, "JsonKeyNotFound", f"the secret has no JSON key {ref.json_key!r}")
             continue
         value = document[ref.json_key]
-        outcome.values[variable] = value if isinstance(value, str) else json.dumps(value)
+        if isinstance(value, str):  # a string, or a number as written
+            outcome.values[variable] = str(value)
+        else:  # true, false, null, an object or a list: as JSON text
+            plain = json.loads(secret.string)[ref.json_key]  # numbers as numbers again
+            try:
+                outcome.values[variable] = json.dumps(plain, ensure_ascii=False, allow_nan=False)
+            except ValueError:  # a number too large for a float, inside an object or list
+                _fail(outcome, {variable: ref}, "NotJson", "the value holds a number out of range")
+
+
+class _Number(str):
+    """A JSON number, as the text it was written as."""
+
+
+def _nan(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _fail(outcome: Outcome, readers: _Readers, reason: str, detail: str) -> None:

@@ -83,11 +83,19 @@ _ARN = r"arn:aws[a-z\-]*:[a-z0-9\-]+:[a-z0-9\-]*:[0-9]{0,12}:[A-Za-z0-9_.:/\-]+"
 _MAX_DETAIL = 300
 
 
+# The SDKs name a service's endpoint variable after its service id, spaces as "_".
+_ENDPOINT_VARIABLES = {
+    "kms": "AWS_ENDPOINT_URL_KMS",
+    "ssm": "AWS_ENDPOINT_URL_SSM",
+    "secretsmanager": "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+}
+
+
 def endpoint_url(aws: Mapping[str, str], service: str) -> str | None:
-    """The endpoint from ``AWS_ENDPOINT_URL_<SERVICE>`` or ``AWS_ENDPOINT_URL``, if set."""
+    """The endpoint from ``AWS_ENDPOINT_URL_<SERVICE_ID>`` or ``AWS_ENDPOINT_URL``, if set."""
     if aws.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
         return None
-    return aws.get(f"AWS_ENDPOINT_URL_{service.upper()}") or aws.get("AWS_ENDPOINT_URL") or None
+    return aws.get(_ENDPOINT_VARIABLES[service]) or aws.get("AWS_ENDPOINT_URL") or None
 
 
 def reason_for_code(code: str) -> str:
