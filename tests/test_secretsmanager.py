@@ -1075,6 +1075,31 @@ def test_huge_json_number_stays_json_text(aws_env: dict[str, str], sm: Any) -> N
     json.loads(value, parse_constant=reject)  # strict JSON: no Infinity or NaN
 
 
+def test_json_values_come_back_as_written_or_as_strict_json(aws_env: dict[str, str], sm: Any) -> None:
+    sm.create_secret(
+        Name="shapes",
+        SecretString='{"rate": 1.10, "big": 1e400, "nested": {"name": "caf\u00e9", "n": 2}, "nan": NaN}',
+    )
+    env = {
+        **aws_env,
+        "RATE": "secretsmanager:shapes#rate",
+        "BIG": "secretsmanager:shapes#big",
+        "NESTED": "secretsmanager:shapes#nested",
+    }
+    with pytest.raises(BootstrapError) as info:  # NaN is not JSON: the whole document is refused
+        secretboot.bootstrap(environ=env)
+    assert {f.reason for f in info.value.failures} == {"NotJson"}
+    sm.put_secret_value(
+        SecretId="shapes",
+        SecretString='{"rate": 1.10, "big": 1e400, "nested": {"name": "caf\u00e9", "n": 2}}',
+    )
+    keyring = secretboot.bootstrap(environ=env)
+    assert keyring["RATE"] == "1.10"
+    assert keyring["BIG"] == "1e400"
+    assert json.loads(keyring["NESTED"]) == {"name": "café", "n": 2}
+    assert "café" in keyring["NESTED"]  # not re-escaped
+
+
 # =========================================================================== CLI: check
 
 
