@@ -1321,7 +1321,7 @@ def test_readme_command_line_examples_parse() -> None:
             pytest.fail(f"README example does not parse: {line!r}: {exc}")
         assert args.command is not None, line
         used.add(args.command)
-    assert used == {"migrate", "encrypt", "check", "exec", "rotate"}, "every command has an example"
+    assert used == {"migrate", "encrypt", "check", "exec", "rotate", "seal", "reseal", "keygen"}, "every command has an example"
 
 
 def test_readme_exit_code_table_matches_the_cli() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,63 @@ def test_grammar_doc_examples_parse_as_documented(value: str, expected: str) -> 
 
 def test_grammar_doc_has_examples() -> None:
     assert len(EXAMPLES) >= 20
+
+
+# -- docs/envelope.md -------------------------------------------------------------------------
+
+ENVELOPE = ROOT / "docs" / "envelope.md"
+
+
+def _fenced_after(text: str, marker: str) -> str:
+    """The fenced block right after ``<!-- marker -->``."""
+    after = text.split(f"<!-- {marker} -->\n", 1)[1]
+    return after.split("\n", 1)[1].split("```\n", 1)[0]
+
+
+def test_envelope_doc_commands_parse() -> None:
+    from secretboot import _cli
+
+    text = ENVELOPE.read_text()
+    blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
+    used = set()
+    for line in (line for block in blocks for line in block.splitlines()):
+        words = shlex.split(line, comments=True)
+        while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+            words.pop(0)  # VAR=value in front of the command
+        if words[:1] != ["secretboot"]:
+            continue
+        args = _cli._build_parser().parse_args(words[1:])
+        if hasattr(args, "context"):
+            _cli._context(args.context, args.lambda_function)
+        used.add(args.command)
+    assert used == {"seal", "reseal", "rotate", "keygen", "check"}
+
+
+def test_envelope_doc_local_workflow_runs_as_documented(tmp_path: Path) -> None:
+    """The local key provider's example: run on its .env, with its output compared."""
+    text = ENVELOPE.read_text()
+    home, app, bin_dir = tmp_path / "home", tmp_path / "app", tmp_path / "bin"
+    for folder in (home, app, bin_dir):
+        folder.mkdir()
+    (app / ".env").write_text(_fenced_after(text, "local-env"))
+    launcher = bin_dir / "secretboot"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m secretboot "$@"\n')
+    launcher.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SECRETBOOT_"))}
+    env.update(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT))
+    run = subprocess.run(
+        ["bash", "-e", "-c", _fenced_after(text, "local-commands")],
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.replace(str(home), "/home/me") == _fenced_after(text, "local-output")
+    assert ((home / ".config" / "secretboot" / "myapp-dev.key").stat().st_mode & 0o777) == 0o600
+    sealed = (app / ".env").read_text()
+    assert "SECRET_KEY=sealed:" in sealed and "DB_PASSWORD=sealed:" in sealed
+    assert "DEBUG=true\n" in sealed and "SECRETBOOT_DATA_KEY=local:" in sealed
+    assert "dev-only-secret-key" not in sealed and "postgres" not in sealed
