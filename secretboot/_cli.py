@@ -12,6 +12,7 @@ import base64
 import hmac
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn, TextIO
@@ -24,13 +25,15 @@ from secretboot._errors import BootstrapError, ReferenceSyntaxError, SecretbootE
 from secretboot._keysource import KmsKeySource, LocalKeySource
 from secretboot._reference import (
     KMS_PREFIX,
+    SEALED_MAX_BLOB,
+    SEALED_OVERHEAD,
     KmsReference,
     SealedReference,
     SsmReference,
     is_reference,
     parse_reference,
 )
-from secretboot._settings import DATA_KEY, LOCAL_KEY_FILE
+from secretboot._settings import DATA_KEY, KMS_CONTEXT, LAMBDA_FUNCTION_NAME, LOCAL_KEY_FILE
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -54,6 +57,7 @@ EXIT_CODES = f"""exit codes:
 """
 
 KMS_PLAINTEXT_LIMIT = 4096  # bytes KMS Encrypt accepts
+SEALED_MAX_PLAINTEXT = SEALED_MAX_BLOB - SEALED_OVERHEAD
 DEFAULT_ENV_FILE = ".env"
 
 
@@ -175,12 +179,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help="variables to seal (default: every plain value in the file)"
     )
     seal.add_argument("--env-file", help=f"the file to read and rewrite (default: {DEFAULT_ENV_FILE})")
-    _key_source_options(seal, "wrap a new data key with")
+    _key_source_options(
+        seal,
+        key_help="KMS key id, ARN or alias to wrap a new data key with",
+        file_help=f"a key file from 'secretboot keygen' to wrap a new data key with (no AWS; "
+        f"default: ${LOCAL_KEY_FILE})",
+    )
     _context_options(seal)
 
     reseal = command("reseal", _reseal, "Seal every sealed value again under a fresh data key.")
     reseal.add_argument("--env-file", help=f"the file to read and rewrite (default: {DEFAULT_ENV_FILE})")
-    _key_source_options(reseal, "wrap the new data key with (default: what wraps the current one)")
+    _key_source_options(
+        reseal,
+        key_help="KMS key to wrap the new data key with (default: the one wrapping the current data key)",
+        file_help="a key file to wrap the new data key with (no AWS; default: the one wrapping the "
+        f"current data key, ${LOCAL_KEY_FILE})",
+    )
     _context_options(reseal)
 
     keygen = command("keygen", _keygen, "Write a new 256-bit local master key file (mode 0600).")
@@ -220,14 +234,10 @@ def _context_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _key_source_options(parser: argparse.ArgumentParser, purpose: str) -> None:
+def _key_source_options(parser: argparse.ArgumentParser, *, key_help: str, file_help: str) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--key-id", help=f"KMS key id, ARN or alias to {purpose}")
-    group.add_argument(
-        "--local-key-file",
-        metavar="PATH",
-        help=f"a key file from 'secretboot keygen' to {purpose} (no AWS; default: ${LOCAL_KEY_FILE})",
-    )
+    group.add_argument("--key-id", help=key_help)
+    group.add_argument("--local-key-file", metavar="PATH", help=file_help)
 
 
 def _context(
@@ -321,7 +331,7 @@ def _check_plaintext(name: str, plaintext: str, *, to_ssm: bool, ssm_option: str
     if not to_ssm and size > KMS_PLAINTEXT_LIMIT:
         raise UsageError(
             f"{name} is {size} bytes; KMS encrypts at most {KMS_PLAINTEXT_LIMIT}. Store it in SSM "
-            f"instead ({ssm_option}) or seal it (secretboot seal: envelope encryption, any size)"
+            f"instead ({ssm_option}) or seal it (secretboot seal: envelope encryption, up to 1 MiB)"
         )
 
 
@@ -587,16 +597,26 @@ def _unwrap(source: KmsKeySource | LocalKeySource, wrapped: envelope.WrappedKey,
         return source.unwrap(wrapped)
     except envelope.IntegrityError:
         raise UsageError(f"{DATA_KEY} in {env_file.path} does not open with {source.describe()}") from None
+    except t.TransportError as exc:
+        if exc.reason != t.INVALID_CIPHERTEXT:
+            raise
+        raise t.TransportError(
+            exc.reason,
+            f"{DATA_KEY} in {env_file.path} did not decrypt: pass the --context or --lambda-function "
+            "it was sealed with",
+        ) from None
 
 
 def _names_to_seal(env_file: EnvFile, names: Sequence[str]) -> list[str]:
     """The named variables, or every plain non-empty value; never configuration."""
-    if names:
-        for name in names:
-            if name.startswith(("AWS_", "SECRETBOOT_")):
-                raise UsageError(f"{name} is configuration, which bootstrap() never resolves; not sealed")
-            if env_file.get(name) is None:
-                raise UsageError(f"{name} is not set in {env_file.path}")
+    for name in names:
+        if name.startswith(("AWS_", "SECRETBOOT_")):
+            raise UsageError(f"{name} is configuration, which bootstrap() never resolves; not sealed")
+        value = env_file.get(name)
+        if value is None:
+            raise UsageError(f"{name} is not set in {env_file.path}")
+        if not value:
+            raise UsageError(f"{name} is empty in {env_file.path}; there is nothing to seal")
     chosen = []
     for name in names or env_file.names():
         value = env_file.get(name) or ""
@@ -605,15 +625,20 @@ def _names_to_seal(env_file: EnvFile, names: Sequence[str]) -> list[str]:
         if is_reference(value):
             ref = parse_reference(value, variable=name)
             if names:
-                kind = ref.kind if ref is not None else "reference"
-                print(f"{name} in {env_file.path} is already a {kind} reference; left as it is.")
+                kind = ref.kind if ref is not None else "unknown"
+                print(f"{name} in {env_file.path} is already a reference ({kind}); left as it is.")
             continue
         chosen.append(name)
     return chosen
 
 
 def _plain(env_file: EnvFile, name: str) -> bytes:
-    return (env_file.get(name) or "").encode("utf-8")
+    plaintext = (env_file.get(name) or "").encode("utf-8")
+    if len(plaintext) > SEALED_MAX_PLAINTEXT:
+        raise UsageError(
+            f"{name} is {len(plaintext)} bytes; a sealed value holds at most {SEALED_MAX_PLAINTEXT}"
+        )
+    return plaintext
 
 
 def _sealed_values(cipher: AESGCM, plaintexts: Mapping[str, bytes]) -> dict[str, str]:
@@ -651,11 +676,18 @@ def _sealed_next_steps(
 ) -> None:
     print("Next:")
     print(f"  - ship {env_file.path}'s sealed values and {DATA_KEY} together: they open only as a set.")
+    # What bootstrap() needs to find in its environment to open them.
     if isinstance(source, LocalKeySource):
-        print(f"  - set {LOCAL_KEY_FILE}={source.path} where the app runs.")
+        setting = f"{LOCAL_KEY_FILE}={shlex.quote(source.path)}"
+    elif context and set(context) == {"LambdaFunctionName"}:
+        setting = f"{LAMBDA_FUNCTION_NAME}={shlex.quote(context['LambdaFunctionName'])}"
     elif context:
-        print(f"  - bootstrap() must use the same encryption context ({_describe_context(context)}).")
-    print(f"  - check it: secretboot check --env-file {env_file.path}")
+        setting = f"{KMS_CONTEXT}={shlex.quote(json.dumps(dict(context)))}"
+    else:
+        setting = ""
+    if setting:
+        print(f"  - bootstrap() opens them with {setting} in its environment.")
+    print(f"  - check it: {setting + ' ' if setting else ''}secretboot check --env-file {env_file.path}")
 
 
 # -- rotate -----------------------------------------------------------------------------------
