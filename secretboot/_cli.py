@@ -56,6 +56,12 @@ EXIT_CODES = f"""exit codes:
   {INTERRUPTED}  interrupted
 """
 
+# bootstrap() reads .env files with python-dotenv's ${VAR} expansion; a protected value
+# would be frozen as the unexpanded text, so the app would see something else.
+_EXPANDS = (
+    "{name} in {path} uses ${{VAR}} expansion, which {what} would freeze as the literal text; "
+    "write the value out in full first"
+)
 KMS_PLAINTEXT_LIMIT = 4096  # bytes KMS Encrypt accepts
 SEALED_MAX_PLAINTEXT = SEALED_MAX_BLOB - SEALED_OVERHEAD
 DEFAULT_ENV_FILE = ".env"
@@ -283,6 +289,13 @@ def _migrate(args: argparse.Namespace) -> int:
     name: str = args.name
     env_file = _open_env_file(args.env_file, create=args.from_env)
     in_file = env_file.get(name)  # also refuses a file that sets NAME twice: which one wins is unclear
+    if not args.from_env and env_file.expands(name):
+        raise UsageError(_EXPANDS.format(name=name, path=env_file.path, what="wrapping"))
+    if env_file.expanded_in(name):
+        users = ", ".join(env_file.expanded_in(name))
+        raise UsageError(
+            f"{name} is expanded into {users} as ${{{name}}}; wrapped, they would get ciphertext"
+        )
     plaintext = os.environ.get(name) if args.from_env else in_file
     where = "the environment" if args.from_env else env_file.path
     if plaintext is None:
@@ -617,6 +630,13 @@ def _names_to_seal(env_file: EnvFile, names: Sequence[str]) -> list[str]:
             raise UsageError(f"{name} is not set in {env_file.path}")
         if not value:
             raise UsageError(f"{name} is empty in {env_file.path}; there is nothing to seal")
+        if env_file.expands(name):
+            raise UsageError(_EXPANDS.format(name=name, path=env_file.path, what="sealing"))
+        if env_file.expanded_in(name):
+            users = ", ".join(env_file.expanded_in(name))
+            raise UsageError(
+                f"{name} is expanded into {users} as ${{{name}}}; sealed, they would get the sealed text"
+            )
     chosen = []
     for name in names or env_file.names():
         value = env_file.get(name) or ""
@@ -627,6 +647,9 @@ def _names_to_seal(env_file: EnvFile, names: Sequence[str]) -> list[str]:
             if names:
                 kind = ref.kind if ref is not None else "unknown"
                 print(f"{name} in {env_file.path} is already a reference ({kind}); left as it is.")
+            continue
+        if env_file.expands(name) or env_file.expanded_in(name):
+            print(f"{name} in {env_file.path} uses or feeds ${{VAR}} expansion; left as it is.")
             continue
         chosen.append(name)
     return chosen

@@ -37,6 +37,7 @@ class EnvFile:
 
         self.path = os.fspath(path)
         self.exists = exists
+        self._text = text
         bindings = list(parse_stream(io.StringIO(text)))
         self._chunks = [(b.key, b.original.string) for b in bindings]
         self._values = {b.key: b.value for b in bindings if b.key is not None}
@@ -69,6 +70,26 @@ class EnvFile:
         if self._counts.get(name, 0) > 1:
             raise EnvFileError(f"{self.path}: {name} is set {self._counts[name]} times; keep one")
         return self._values.get(name)
+
+    def expands(self, name: str) -> bool:
+        """Does ``bootstrap()`` read ``name`` differently, through python-dotenv's ``${VAR}`` expansion?"""
+        if "$" not in (self._values.get(name) or ""):
+            return False
+        from dotenv import dotenv_values
+
+        return dotenv_values(stream=io.StringIO(self._text)).get(name) != self._values.get(name)
+
+    def expanded_in(self, name: str) -> list[str]:
+        """The variables whose values expand ``${name}`` when ``bootstrap()`` reads the file."""
+        from dotenv.variables import Variable, parse_variables
+
+        return [
+            other
+            for other, value in self._values.items()
+            if value
+            and "$" in value
+            and any(isinstance(atom, Variable) and atom.name == name for atom in parse_variables(value))
+        ]
 
     def with_values(self, values: Mapping[str, str]) -> str:
         """The file's text with each named variable set; new ones are appended in order."""

@@ -33,11 +33,20 @@ MAX_WORKERS = 64
 
 # One registry keyed by reference kind: adding a source means one entry here.
 # Each entry: the AWS services its requests go to, and how to build it.
-RESOLVERS: Mapping[str, tuple[tuple[str, ...], Callable[[Transport, Settings], Resolver[Any]]]] = {
-    "kms": (("kms",), lambda transport, settings: KmsResolver(transport, settings.kms)),
-    "ssm": (("ssm",), lambda transport, settings: SsmResolver(transport)),
-    "sealed": (("kms",), lambda transport, settings: _sealed_resolver(transport, settings)),
-    "secretsmanager": (("secretsmanager",), lambda transport, settings: _secrets_manager_resolver(transport)),
+RESOLVERS: Mapping[
+    str, tuple[Callable[[Settings], tuple[str, ...]], Callable[[Transport, Settings], Resolver[Any]]]
+] = {
+    "kms": (lambda settings: ("kms",), lambda transport, settings: KmsResolver(transport, settings.kms)),
+    "ssm": (lambda settings: ("ssm",), lambda transport, settings: SsmResolver(transport)),
+    # A data key under a local key file needs no AWS at all.
+    "sealed": (
+        lambda settings: ("kms",) if (settings.data_key or "").startswith("kms:") else (),
+        lambda transport, settings: _sealed_resolver(transport, settings),
+    ),
+    "secretsmanager": (
+        lambda settings: ("secretsmanager",),
+        lambda transport, settings: _secrets_manager_resolver(transport),
+    ),
 }
 
 
@@ -64,8 +73,8 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
     for variable, ref in refs.items():
         groups.setdefault(ref.kind, {})[variable] = ref
     if transport is None:
-        services = {service for kind in groups for service in RESOLVERS[kind][0]}
-        transport = default_transport(settings, services)
+        services = {service for kind in groups for service in RESOLVERS[kind][0](settings)}
+        transport = default_transport(settings, services) if services else _NoTransport()
     outcome.transport = transport.name
     resolvers = {kind: RESOLVERS[kind][1](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
@@ -74,6 +83,15 @@ def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transp
     if not outcome.calls:
         outcome.transport = ""  # say, sealed values under a local key: AWS was never asked
     return outcome
+
+
+class _NoTransport:
+    """For references that need no AWS (sealed values under a local key): none is built."""
+
+    name = ""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"no AWS call was expected, yet {name} was called")
 
 
 def _run_all(tasks: Sequence[Callable[[], Outcome]]) -> list[Outcome]:

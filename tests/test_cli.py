@@ -442,6 +442,15 @@ def test_migrate_rewrites_one_line_and_keeps_every_other_byte(cli: Cli, aws: Aws
     assert _listing(cli.folder) == [".env"]
 
 
+def test_migrate_refuses_a_value_the_app_sees_expanded(cli: Cli, aws: Aws, key: Key) -> None:
+    env_file = _env_file(cli.folder, b"HOST=db.internal\nSECRET_KEY=pw@${HOST}\n")
+    before = Snapshot(env_file)
+    run = cli.run("migrate", "SECRET_KEY", "--key-id", key.id)
+    assert_usage_error(run)
+    assert "SECRET_KEY in .env uses ${VAR} expansion" in run.stderr
+    before.assert_unchanged()
+
+
 def test_migrate_again_changes_nothing(cli: Cli, aws: Aws, key: Key) -> None:
     env_file = _env_file(cli.folder)
     assert cli.run("migrate", "SECRET_KEY", "--key-id", key.id).returncode == 0
@@ -1321,7 +1330,9 @@ def test_readme_command_line_examples_parse() -> None:
             pytest.fail(f"README example does not parse: {line!r}: {exc}")
         assert args.command is not None, line
         used.add(args.command)
-    assert used == {"migrate", "encrypt", "check", "exec", "rotate", "seal", "reseal", "keygen"}, "every command has an example"
+    assert used == {"migrate", "encrypt", "check", "exec", "rotate", "seal", "reseal", "keygen"}, (
+        "every command has an example"
+    )
 
 
 def test_readme_exit_code_table_matches_the_cli() -> None:
