@@ -27,11 +27,13 @@ from secretboot._reference import (
     KMS_PREFIX,
     SEALED_MAX_BLOB,
     SEALED_OVERHEAD,
+    SEALED_PREFIX,
     KmsReference,
     SealedReference,
     SsmReference,
     is_reference,
     parse_reference,
+    parse_sealed,
 )
 from secretboot._settings import DATA_KEY, KMS_CONTEXT, LAMBDA_FUNCTION_NAME, LOCAL_KEY_FILE
 
@@ -531,9 +533,9 @@ def _reseal(args: argparse.Namespace) -> int:
         raise UsageError(f"{DATA_KEY} is not set in {env_file.path}: nothing was sealed there")
     sealed = {}
     for name in env_file.names():
-        ref = parse_reference(env_file.get(name) or "", variable=name)
-        if isinstance(ref, SealedReference):
-            sealed[name] = ref
+        value = env_file.get(name) or ""
+        if value.startswith(SEALED_PREFIX) and not name.startswith(("AWS_", "SECRETBOOT_")):
+            sealed[name] = parse_sealed(value, variable=name)
     old_source = _key_source(args, env_file, context, provider=existing.provider, old=True)
     old_cipher = envelope.aead(_unwrap(old_source, existing, env_file))
     plaintexts = {name: _open(old_cipher, name, ref, env_file) for name, ref in sealed.items()}
@@ -686,9 +688,7 @@ def _open(cipher: AESGCM, name: str, ref: SealedReference, env_file: EnvFile) ->
 
 
 def _sealed_size(value: str) -> int:
-    ref = parse_reference(value)
-    assert isinstance(ref, SealedReference)
-    return len(ref.blob)
+    return len(parse_sealed(value).blob)
 
 
 def _sealed_next_steps(

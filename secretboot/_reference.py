@@ -401,6 +401,15 @@ def parse_kms(value: str, *, variable: str | None = None) -> KmsReference:
         raise ReferenceSyntaxError(exc.reason, variable=variable, kind="kms") from None
 
 
+def parse_sealed(value: str, *, variable: str | None = None) -> SealedReference:
+    """Parse a value that must be a sealed value (``sealed:`` prefix required)."""
+    if not value.startswith(SEALED_PREFIX):
+        raise ReferenceSyntaxError("a sealed value starts with sealed:", variable=variable, kind="sealed")
+    ref = _parsed("sealed", _parse_sealed, value[len(SEALED_PREFIX) :], variable)
+    assert isinstance(ref, SealedReference)
+    return ref
+
+
 def _parsed(kind: str, parser: Callable[[str], Reference], body: str, variable: str | None) -> Reference:
     """Run ``parser``, naming the variable and kind in any syntax error."""
     try:
