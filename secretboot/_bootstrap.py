@@ -133,9 +133,10 @@ def _boot(
     if failures:
         error = BootstrapError(failures)
         _logger().warning(
-            "could not resolve %s after %d API calls in %.0f ms",
+            "could not resolve %s after %d API calls and %d retries in %.0f ms",
             ", ".join(error.variables),
             calls,
+            outcome.retries,
             elapsed_ms,
         )
         raise error from None
@@ -160,11 +161,12 @@ def _boot(
         return keyring
     kinds = Counter(ref.kind for ref in refs.values())
     _logger().info(
-        "resolved %d secrets (%s) with %d API calls (%s)%s in %.0f ms",
+        "resolved %d secrets (%s) with %d API calls (%s) and %d retries%s in %.0f ms",
         len(keyring),
         _counts(kinds),
         calls,
         _counts(outcome.calls),
+        outcome.retries,
         f" via {outcome.transport}" if outcome.transport else "",
         elapsed_ms,
     )

@@ -25,11 +25,11 @@ _filter = _DropOurBodies()
 
 
 @contextmanager
-def _call() -> Iterator[None]:
-    """Mark this thread as making a secretboot call; translate botocore errors."""
+def _call(transport: Boto3Transport) -> Iterator[None]:
+    """Mark this thread as making a secretboot call; count retries; translate botocore errors."""
     _calling.active = True
     try:
-        with _translated():
+        with _translated(transport):
             yield
     finally:
         _calling.active = False
@@ -40,7 +40,9 @@ class Boto3Transport:
 
     name = "boto3"
 
-    def __init__(self, aws: Mapping[str, str], *, max_pool_connections: int) -> None:
+    def __init__(
+        self, aws: Mapping[str, str], *, max_pool_connections: int, deadline: t.Deadline | None = None
+    ) -> None:
         # ``aws`` holds the AWS_* variables of the environment being booted, so
         # a mapping passed to bootstrap(environ=...) or a .env file governs
         # region, endpoint and credentials just as os.environ would.
@@ -49,6 +51,8 @@ class Boto3Transport:
         self._lock = threading.Lock()
         self._session: Any = None
         self._clients: dict[str, Any] = {}
+        self._deadline = deadline
+        self.retries = 0
 
     def _client(self, service: str) -> Any:
         client = self._clients.get(service)
@@ -77,13 +81,25 @@ class Boto3Transport:
                 region_name=aws.get("AWS_REGION") or aws.get("AWS_DEFAULT_REGION"),
                 profile_name=aws.get("AWS_PROFILE") if "AWS_ACCESS_KEY_ID" not in aws else None,
             )
+        # botocore cannot bound its retries by a deadline; resolve() stops waiting at
+        # the deadline, and short socket timeouts keep the abandoned thread brief.
+        left = self._deadline.remaining() if self._deadline is not None else t.READ_TIMEOUT
         config = Config(
-            connect_timeout=t.CONNECT_TIMEOUT,
-            read_timeout=t.READ_TIMEOUT,
+            connect_timeout=max(0.1, min(t.CONNECT_TIMEOUT, left)),
+            read_timeout=max(0.1, min(t.READ_TIMEOUT, left)),
             retries={"mode": "standard", "total_max_attempts": t.TOTAL_MAX_ATTEMPTS},
             max_pool_connections=self._pool,
         )
-        return self._session.client(service, config=config, endpoint_url=t.endpoint_url(aws, service))
+        client = self._session.client(service, config=config, endpoint_url=t.endpoint_url(aws, service))
+        client.meta.events.register("after-call", self._count_retries)
+        return client
+
+    def _count_retries(self, parsed: Mapping[str, Any], **kwargs: Any) -> None:
+        """botocore reports each answer's retries (successful or not) in its metadata."""
+        retried = int(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
+        if retried:
+            with self._lock:
+                self.retries += retried
 
     def decrypt(
         self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
@@ -93,18 +109,18 @@ class Boto3Transport:
             kwargs["EncryptionContext"] = dict(context)
         if key_id:
             kwargs["KeyId"] = key_id
-        with _call():
+        with _call(self):
             answer = self._client("kms").decrypt(**kwargs)
         return answer["Plaintext"], str(answer.get("KeyId", ""))
 
     def get_parameters(self, names: Sequence[str]) -> t.Parameters:
-        with _call():
+        with _call(self):
             answer = self._client("ssm").get_parameters(Names=list(names), WithDecryption=True)
         found = [t.Parameter(p["Name"], p.get("ARN", ""), p["Value"]) for p in answer.get("Parameters", ())]
         return t.Parameters(found, list(answer.get("InvalidParameters", ())))
 
     def get_secret_values(self, secret_ids: Sequence[str]) -> t.Secrets:
-        with _call():
+        with _call(self):
             answer = self._client("secretsmanager").batch_get_secret_value(SecretIdList=list(secret_ids))
         found = [_secret(s) for s in answer.get("SecretValues", ())]
         errors = [
@@ -121,7 +137,7 @@ class Boto3Transport:
             kwargs["VersionStage"] = version_stage
         if version_id:
             kwargs["VersionId"] = version_id
-        with _call():
+        with _call(self):
             return _secret(self._client("secretsmanager").get_secret_value(**kwargs))
 
 
@@ -148,7 +164,7 @@ class Boto3Admin(Boto3Transport):
         kwargs: dict[str, Any] = {"KeyId": key_id, "Plaintext": plaintext}
         if context:
             kwargs["EncryptionContext"] = dict(context)
-        with _call():
+        with _call(self):
             answer = self._client("kms").encrypt(**kwargs)
         blob: bytes = answer["CiphertextBlob"]
         return blob
@@ -167,7 +183,7 @@ class Boto3Admin(Boto3Transport):
             kwargs["SourceEncryptionContext"] = dict(source_context)
         if context:
             kwargs["DestinationEncryptionContext"] = dict(context)
-        with _call():
+        with _call(self):
             answer = self._client("kms").re_encrypt(**kwargs)
         return answer["CiphertextBlob"], str(answer.get("KeyId", ""))
 
@@ -176,12 +192,12 @@ class Boto3Admin(Boto3Transport):
         kwargs: dict[str, Any] = {"KeyId": key_id, "KeySpec": "AES_256"}
         if context:
             kwargs["EncryptionContext"] = dict(context)
-        with _call():
+        with _call(self):
             answer = self._client("kms").generate_data_key(**kwargs)
         return answer["Plaintext"], answer["CiphertextBlob"]
 
     def put_secure_string(self, name: str, value: str, *, key_id: str, overwrite: bool) -> None:
-        with _call():
+        with _call(self):
             self._client("ssm").put_parameter(
                 Name=name,
                 Value=value,
@@ -195,6 +211,9 @@ class Boto3Admin(Boto3Transport):
 
 class _translated:
     """Turn botocore's exceptions into ``TransportError`` with a reason code."""
+
+    def __init__(self, transport: Boto3Transport) -> None:
+        self._transport = transport
 
     def __enter__(self) -> None:
         return None

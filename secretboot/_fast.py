@@ -90,6 +90,7 @@ class FastTransport:
         env: Mapping[str, str],
         *,
         services: Collection[str] = tuple(_TARGETS),
+        deadline: t.Deadline | None = None,
         rand: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -103,6 +104,7 @@ class FastTransport:
         self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
         self._rand = rand
         self._sleep = sleep
+        self._deadline = deadline
         self._pools = {
             service: _Pool(
                 t.endpoint_url(env, service) or f"https://{service}.{self._region}.amazonaws.com",
@@ -178,7 +180,14 @@ class FastTransport:
             "X-Amz-Target": f"{_TARGETS[service]}.{operation}",
             "User-Agent": _USER_AGENT,
         }
+        error: t.TransportError | None = None
         for attempt in range(1, t.TOTAL_MAX_ATTEMPTS + 1):
+            connect_timeout, read_timeout = t.CONNECT_TIMEOUT, t.READ_TIMEOUT
+            if self._deadline is not None:
+                left = self._deadline.remaining()
+                if left <= 0:
+                    raise _out_of_time(operation, attempt - 1, error)
+                connect_timeout, read_timeout = min(connect_timeout, left), min(read_timeout, left)
             signed = _sigv4.sign(
                 method="POST",
                 host=pool.host_header,
@@ -193,7 +202,7 @@ class FastTransport:
             )
             base = _TRANSIENT_BASE
             try:
-                status, answer_headers, data = pool.send(signed, body)
+                status, answer_headers, data = pool.send(signed, body, connect_timeout, read_timeout)
             except TimeoutError:
                 error = t.TransportError(t.TIMEOUT, f"{operation} timed out")
             except (OSError, http.client.HTTPException) as exc:
@@ -213,10 +222,26 @@ class FastTransport:
                     raise error
             if attempt == t.TOTAL_MAX_ATTEMPTS:
                 raise error
+            pause = self._jitter() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF)
+            if self._deadline is not None and pause >= self._deadline.remaining():
+                raise _out_of_time(operation, attempt, error)  # no time left to wait and try again
             with self._retries_lock:
                 self.retries += 1
-            self._sleep(self._jitter() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF))
+            self._sleep(pause)
         raise AssertionError("unreachable")
+
+
+def _out_of_time(operation: str, attempts: int, last: t.TransportError | None) -> t.TransportError:
+    """The deadline ran out: say how many attempts were made and what the last one met."""
+    if last is None:
+        reason = ""
+    elif last.reason == t.TIMEOUT:
+        reason = "; the last one got no answer in time"
+    else:
+        reason = f"; the last one met {last.reason}"
+    return t.TransportError(
+        t.TIMEOUT, f"SECRETBOOT_TIMEOUT ran out for {operation} after {attempts} attempt(s){reason}"
+    )
 
 
 def _secret(answer: Mapping[str, Any]) -> t.Secret:
@@ -262,11 +287,15 @@ class _Pool:
         self._lock = threading.Lock()
         self._ssl_context: Any = None
 
-    def send(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def send(
+        self, headers: Mapping[str, str], body: bytes, connect_timeout: float, read_timeout: float
+    ) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is not None:
             try:
+                if conn.sock is not None:
+                    conn.sock.settimeout(read_timeout)
                 return self._exchange(conn, headers, body)
             except TimeoutError:
                 raise
@@ -274,7 +303,7 @@ class _Pool:
                 # The server closed an idle connection (a reset, a broken pipe,
                 # or a TLS EOF): not a failure of this request; use a fresh one.
                 pass
-        return self._exchange(self._connect(), headers, body)
+        return self._exchange(self._connect(connect_timeout, read_timeout), headers, body)
 
     def _exchange(
         self, conn: http.client.HTTPConnection, headers: Mapping[str, str], body: bytes
@@ -293,18 +322,18 @@ class _Pool:
                 self._idle.append(conn)
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self, connect_timeout: float, read_timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
         if self._https:
             conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=t.CONNECT_TIMEOUT, context=self._context()
+                self._host, self._port, timeout=connect_timeout, context=self._context()
             )
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=t.CONNECT_TIMEOUT)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
         conn.connect()
         # http.client has one timeout; connect with one, then read with the other.
         if conn.sock is not None:
-            conn.sock.settimeout(t.READ_TIMEOUT)
+            conn.sock.settimeout(read_timeout)
         return conn
 
     def _context(self) -> Any:

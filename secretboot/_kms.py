@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 from secretboot import _transport as t
 from secretboot._errors import Failure
-from secretboot._outcome import Outcome, decode
+from secretboot._outcome import Outcome, Task, decode
 from secretboot._reference import KmsReference
 from secretboot._settings import KmsSettings
 
@@ -24,12 +24,15 @@ class KmsResolver:
         self._transport = transport
         self._settings = settings
 
-    def plan(self, refs: Mapping[str, KmsReference]) -> list[Callable[[], Outcome]]:
+    def plan(self, refs: Mapping[str, KmsReference]) -> list[Task]:
         """One task per distinct ciphertext; variables sharing one share its call."""
         by_blob: dict[KmsReference, list[str]] = {}
         for variable, ref in refs.items():
             by_blob.setdefault(ref, []).append(variable)
-        return [partial(self._decrypt, ref, names) for ref, names in by_blob.items()]
+        return [
+            Task(dict.fromkeys(names, ref), partial(self._decrypt, ref, names))
+            for ref, names in by_blob.items()
+        ]
 
     def _decrypt(self, ref: KmsReference, variables: Sequence[str]) -> Outcome:
         outcome = Outcome()

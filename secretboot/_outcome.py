@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from secretboot._errors import Failure
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
+if TYPE_CHECKING:
+    from secretboot._reference import Reference
+
 
 class Outcome:
-    __slots__ = ("calls", "failures", "key_ids", "transport", "values")
+    __slots__ = ("calls", "failures", "key_ids", "retries", "transport", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
@@ -17,12 +21,23 @@ class Outcome:
         self.calls: Counter[str] = Counter()
         self.transport = ""  # which transport made the calls, if any
         self.key_ids: dict[str, str] = {}  # KMS variable -> the ARN of the key that decrypted it
+        self.retries = 0  # requests the transport retried
 
     def merge(self, other: Outcome) -> None:
         self.values.update(other.values)
         self.failures.extend(other.failures)
         self.calls.update(other.calls)
         self.key_ids.update(other.key_ids)
+
+
+class Task:
+    """One independent piece of a resolution: the variables it serves, and the work."""
+
+    __slots__ = ("refs", "run")
+
+    def __init__(self, refs: Mapping[str, Reference], run: Callable[[], Outcome]) -> None:
+        self.refs = refs  # variable -> reference: what to report if it never finishes
+        self.run = run
 
 
 def decode(outcome: Outcome, plaintext: bytes, variables: Sequence[str], *, kind: str, target: str) -> None:

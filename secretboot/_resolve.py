@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from secretboot._errors import ConfigurationError
+from secretboot import _transport as t
+from secretboot._errors import ConfigurationError, Failure
 from secretboot._kms import KmsResolver
-from secretboot._outcome import Outcome
+from secretboot._outcome import Outcome, Task
 from secretboot._reference import Reference
-from secretboot._settings import TRANSPORT, Settings
+from secretboot._settings import TIMEOUT, TRANSPORT, Settings
 from secretboot._ssm import SsmResolver
+from secretboot._transport import Deadline
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     R_contra = TypeVar("R_contra", contravariant=True)
 
     class Resolver(Protocol[R_contra]):
-        def plan(self, refs: Mapping[str, R_contra]) -> list[Callable[[], Outcome]]:
+        def plan(self, refs: Mapping[str, R_contra]) -> list[Task]:
             """Split the work into independent tasks, each making its own API calls."""
             ...
 
@@ -64,24 +66,38 @@ def _secrets_manager_resolver(transport: Transport) -> Resolver[Any]:
     return SecretsManagerResolver(transport)
 
 
-def resolve(refs: Mapping[str, Reference], settings: Settings, transport: Transport | None = None) -> Outcome:
-    """Resolve every reference. Failures are collected, never raised."""
+def resolve(
+    refs: Mapping[str, Reference],
+    settings: Settings,
+    transport: Transport | None = None,
+    *,
+    deadline: Deadline | None = None,
+) -> Outcome:
+    """Resolve every reference within ``SECRETBOOT_TIMEOUT``. Failures are collected, never raised."""
     outcome = Outcome()
     if not refs:
         return outcome
+    if deadline is None:
+        deadline = Deadline(settings.timeout)
     groups: dict[str, dict[str, Reference]] = {}
     for variable, ref in refs.items():
         groups.setdefault(ref.kind, {})[variable] = ref
     if transport is None:
         services = {service for kind in groups for service in RESOLVERS[kind][0](settings)}
-        transport = default_transport(settings, services) if services else _NoTransport()
-    outcome.transport = transport.name
+        transport = default_transport(settings, services, deadline) if services else _NoTransport()
     resolvers = {kind: RESOLVERS[kind][1](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
-    for result in _run_all(tasks):
+    results, late = _run_all(tasks, deadline)
+    for result in results:
         outcome.merge(result)
-    if not outcome.calls:
-        outcome.transport = ""  # say, sealed values under a local key: AWS was never asked
+    detail = f"still waiting for AWS when {TIMEOUT}={settings.timeout:g} s ran out"
+    for task in late:
+        outcome.failures.extend(
+            Failure(v, ref.kind, ref.target, t.TIMEOUT, detail) for v, ref in task.refs.items()
+        )
+    outcome.retries = transport.retries
+    if outcome.calls:
+        outcome.transport = transport.name  # not for sealed values under a local key: no AWS
     return outcome
 
 
@@ -89,52 +105,66 @@ class _NoTransport:
     """For references that need no AWS (sealed values under a local key): none is built."""
 
     name = ""
+    retries = 0
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"no AWS call was expected, yet {name} was called")
 
 
-def _run_all(tasks: Sequence[Callable[[], Outcome]]) -> list[Outcome]:
-    """Run every task, at most ``MAX_WORKERS`` at once; re-raise the first crash.
+# A task past the deadline is given this long to report its own timeout (which
+# says what it was waiting for) before it is reported as still pending.
+_GRACE = 0.1
 
-    Plain threads: concurrent.futures would add its import (and logging's) to
-    every cold start for what this does in a few lines.
+
+def _run_all(tasks: Sequence[Task], deadline: Deadline) -> tuple[list[Outcome], list[Task]]:
+    """Run every task, at most ``MAX_WORKERS`` at once, until done or past ``deadline``.
+
+    Returns (the outcomes of finished tasks, the tasks still unfinished at the
+    deadline); re-raises the first crash. Unfinished tasks' threads are daemons
+    left to end on their own: their results are discarded. Plain threads:
+    concurrent.futures would add its import (and logging's) to every cold start.
     """
-    if len(tasks) == 1:
-        return [tasks[0]()]
     results: list[Outcome] = []
     crashes: list[BaseException] = []
-    pending = iter(tasks)
-    lock = threading.Lock()
+    unfinished = set(range(len(tasks)))
+    queue = iter(enumerate(tasks))
+    changed = threading.Condition()
 
     def work() -> None:
         while True:
-            with lock:
-                task = next(pending, None)
-            if task is None:
+            with changed:
+                item = next(queue, None)
+            if item is None:
                 return
+            index, task = item
             try:
-                result = task()
+                result = task.run()
             except BaseException as exc:  # surfaced in the calling thread below
-                crashes.append(exc)
+                with changed:
+                    crashes.append(exc)
+                    changed.notify()
                 return
-            with lock:
+            with changed:
                 results.append(result)
+                unfinished.discard(index)
+                changed.notify()
 
-    workers = [
-        threading.Thread(target=work, name=f"secretboot-{n}", daemon=True)
-        for n in range(min(MAX_WORKERS, len(tasks)))
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    if crashes:
-        raise crashes[0]
-    return results
+    for n in range(min(MAX_WORKERS, len(tasks))):
+        threading.Thread(target=work, name=f"secretboot-{n}", daemon=True).start()
+    with changed:
+        while unfinished and not crashes:
+            left = deadline.left() + _GRACE
+            if left <= 0:
+                break
+            changed.wait(left)
+        if crashes:
+            raise crashes[0]
+        return list(results), [tasks[i] for i in sorted(unfinished)]
 
 
-def default_transport(settings: Settings, services: Collection[str] = ("kms", "ssm")) -> Transport:
+def default_transport(
+    settings: Settings, services: Collection[str] = ("kms", "ssm"), deadline: Deadline | None = None
+) -> Transport:
     """The fast transport where it can serve the environment for ``services``, else boto3.
 
     ``SECRETBOOT_TRANSPORT`` forces one: ``fast`` is an error where it cannot serve.
@@ -144,9 +174,9 @@ def default_transport(settings: Settings, services: Collection[str] = ("kms", "s
 
         why = _fast.unsupported(settings.aws, services)
         if why is None:
-            return _fast.FastTransport(settings.aws, services=services)
+            return _fast.FastTransport(settings.aws, services=services, deadline=deadline)
         if settings.transport == "fast":
             raise ConfigurationError(f"{TRANSPORT}=fast, but {why}")
     from secretboot._boto3 import Boto3Transport
 
-    return Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS)
+    return Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS, deadline=deadline)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from secretboot import _envelope as e
 from secretboot import _kms
 from secretboot import _transport as t
 from secretboot._errors import ConfigurationError, Failure, ReferenceSyntaxError
-from secretboot._outcome import Outcome, decode
+from secretboot._outcome import Outcome, Task, decode
 from secretboot._reference import SealedReference
 from secretboot._settings import DATA_KEY, LOCAL_KEY_FILE, Settings
 
@@ -34,9 +34,9 @@ class SealedResolver:
         self._transport = transport
         self._settings = settings
 
-    def plan(self, refs: Mapping[str, SealedReference]) -> list[Callable[[], Outcome]]:
+    def plan(self, refs: Mapping[str, SealedReference]) -> list[Task]:
         """One task: a single unwrap of the data key serves every sealed value."""
-        return [lambda: self._open_all(refs)]
+        return [Task(refs, lambda: self._open_all(refs))]
 
     def _open_all(self, refs: Mapping[str, SealedReference]) -> Outcome:
         outcome = Outcome()

@@ -4,12 +4,12 @@ versions, ``GetSecretValue`` for a version stage or id; JSON keys picked out loc
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 
 from secretboot import _transport as t
 from secretboot._errors import Failure
-from secretboot._outcome import Outcome, decode
+from secretboot._outcome import Outcome, Task, decode
 from secretboot._reference import SecretsManagerReference
 
 BATCH_SIZE = 20  # the API's limit on SecretIdList
@@ -27,7 +27,7 @@ class SecretsManagerResolver:
     def __init__(self, transport: t.Transport) -> None:
         self._transport = transport
 
-    def plan(self, refs: _Readers) -> list[Callable[[], Outcome]]:
+    def plan(self, refs: _Readers) -> list[Task]:
         """Current versions in batches of distinct ids; each pinned version on its own."""
         current: dict[str, dict[str, SecretsManagerReference]] = {}
         pinned: dict[tuple[str, str | None, str | None], dict[str, SecretsManagerReference]] = {}
@@ -38,11 +38,12 @@ class SecretsManagerResolver:
                 key = (ref.secret_id, ref.version_stage, ref.version_id)
                 pinned.setdefault(key, {})[variable] = ref
         ids = list(current)
-        tasks: list[Callable[[], Outcome]] = [
-            partial(self._batch, {i: current[i] for i in ids[start : start + BATCH_SIZE]})
-            for start in range(0, len(ids), BATCH_SIZE)
-        ]
-        tasks += [partial(self._single, readers) for readers in pinned.values()]
+        tasks = []
+        for start in range(0, len(ids), BATCH_SIZE):
+            chunk = {i: current[i] for i in ids[start : start + BATCH_SIZE]}
+            readers = {v: ref for group in chunk.values() for v, ref in group.items()}
+            tasks.append(Task(readers, partial(self._batch, chunk)))
+        tasks += [Task(readers, partial(self._single, readers)) for readers in pinned.values()]
         return tasks
 
     def _batch(self, chunk: Mapping[str, _Readers]) -> Outcome:

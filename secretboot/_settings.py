@@ -15,6 +15,11 @@ EXPORT = "SECRETBOOT_EXPORT"
 TRANSPORT = "SECRETBOOT_TRANSPORT"
 DATA_KEY = "SECRETBOOT_DATA_KEY"
 LOCAL_KEY_FILE = "SECRETBOOT_LOCAL_KEY_FILE"
+TIMEOUT = "SECRETBOOT_TIMEOUT"
+# Every request, retry and backoff of one bootstrap() fits in this many seconds:
+# half of Lambda's 10-second init phase, leaving the rest to the application.
+DEFAULT_TIMEOUT = 5.0
+_MAX_TIMEOUT = 900.0
 TRANSPORTS = ("auto", "fast", "boto3")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
@@ -40,7 +45,7 @@ class KmsSettings:
 class Settings:
     """Everything the resolvers need, read once from the environment being booted."""
 
-    __slots__ = ("aws", "data_key", "kms", "local_key_file", "transport")
+    __slots__ = ("aws", "data_key", "kms", "local_key_file", "timeout", "transport")
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.kms = kms_settings(env)
@@ -55,9 +60,25 @@ class Settings:
         for name, value in os.environ.items():
             if name.lower().endswith("_proxy"):
                 self.aws.setdefault(name, value)
+        self.timeout = _timeout(env)
         self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
+
+
+def _timeout(env: Mapping[str, str]) -> float:
+    raw = env.get(TIMEOUT, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= _MAX_TIMEOUT:  # also refuses nan and inf
+        raise ConfigurationError(
+            f"{TIMEOUT} must be a number of seconds above 0 and at most {_MAX_TIMEOUT:g}"
+        )
+    return seconds
 
 
 def kms_settings(env: Mapping[str, str]) -> KmsSettings:

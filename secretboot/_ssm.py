@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 from secretboot import _transport as t
 from secretboot._errors import Failure
-from secretboot._outcome import Outcome
+from secretboot._outcome import Outcome, Task
 from secretboot._reference import SsmReference
 
 BATCH_SIZE = 10  # the API's limit on Names
@@ -22,7 +22,7 @@ class SsmResolver:
     def __init__(self, transport: t.Transport) -> None:
         self._transport = transport
 
-    def plan(self, refs: Mapping[str, SsmReference]) -> list[Callable[[], Outcome]]:
+    def plan(self, refs: Mapping[str, SsmReference]) -> list[Task]:
         """Chunks of at most ``BATCH_SIZE`` distinct requests, one task each.
 
         A chunk never asks for the same parameter twice (say ``/a:1`` and
@@ -42,7 +42,10 @@ class SsmResolver:
                     break
             else:
                 chunks.append({ref: variables})
-        return [partial(self._fetch, chunk) for chunk in chunks]
+        return [
+            Task({v: ref for ref, names in chunk.items() for v in names}, partial(self._fetch, chunk))
+            for chunk in chunks
+        ]
 
     def _fetch(self, chunk: Mapping[SsmReference, Sequence[str]]) -> Outcome:
         outcome = Outcome()

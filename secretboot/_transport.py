@@ -8,7 +8,8 @@ reason code and a message already scrubbed of anything that looks like data.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
 if TYPE_CHECKING:
@@ -121,6 +122,25 @@ def scrub(message: str) -> str:
     return " ".join(words)[:_MAX_DETAIL]
 
 
+class Deadline:
+    """The time budget of one resolution (``SECRETBOOT_TIMEOUT``), shared by every request."""
+
+    __slots__ = ("_clock", "at", "seconds")
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self.at = clock() + seconds
+
+    def left(self) -> float:
+        """Seconds until the deadline: negative once it has passed."""
+        return self.at - self._clock()
+
+    def remaining(self) -> float:
+        """Seconds until the deadline, never below zero."""
+        return max(0.0, self.left())
+
+
 class TransportError(Exception):
     """A request failed. ``reason`` is one of this module's reason codes."""
 
@@ -199,6 +219,7 @@ if TYPE_CHECKING:
 
     class Transport(Protocol):
         name: str  # for the log line: "fast" or "boto3"
+        retries: int  # requests retried so far (throttling, 5xx, connection errors), for the log line
 
         def decrypt(
             self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None

@@ -433,7 +433,7 @@ def test_info_line_has_counts_and_no_values(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "secretboot"]
     transport = aws_env["SECRETBOOT_TRANSPORT"]
     assert line.startswith(
-        f"resolved 2 secrets (kms=1, ssm=1) with 2 API calls (kms=1, ssm=1) via {transport} in "
+        f"resolved 2 secrets (kms=1, ssm=1) with 2 API calls (kms=1, ssm=1) and 0 retries via {transport} in "
     )
     assert_no_leak(caplog.text, CANARY, blob)
 

@@ -22,6 +22,7 @@ class AwsLikeTransport:
     """Parameters by name, with versions; KMS blobs bound to one context."""
 
     name = "aws-like"
+    retries = 0
 
     def __init__(self) -> None:
         self.parameters: dict[str, list[str]] = {}

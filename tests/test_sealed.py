@@ -292,7 +292,8 @@ def test_one_decrypt_per_boot_whatever_the_count(
         assert proxy.counts() == {"TrentService.Decrypt": 1}
     transport = aws_env["SECRETBOOT_TRANSPORT"]
     assert info_line(caplog).startswith(
-        f"resolved {count} secrets (sealed={count}) with 1 API calls (kms=1) via {transport} in "
+        f"resolved {count} secrets (sealed={count}) with 1 API calls (kms=1) "
+        f"and 0 retries via {transport} in "
     )
 
 
@@ -506,7 +507,7 @@ def test_local_provider_success_makes_no_api_calls(local: Local, caplog: pytest.
     keyring = secretboot.bootstrap(environ=env)
     assert dict(keyring) == values
     line = info_line(caplog)
-    assert line.startswith("resolved 4 secrets (sealed=4) with 0 API calls (none) in ")
+    assert line.startswith("resolved 4 secrets (sealed=4) with 0 API calls (none) and 0 retries in ")
     assert " via " not in line
     shown = caplog.text + repr(keyring) + repr(dict(keyring.references))
     assert_hidden(shown, strings=list(PLAIN.values()), blobs=local.blobs)
@@ -694,7 +695,7 @@ def test_local_provider_needs_no_aws_and_imports_no_sdk(local: Local) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result == {"values": values, "heavy": []}
-    assert "with 0 API calls (none) in " in done.stderr
+    assert "with 0 API calls (none) and 0 retries in " in done.stderr
     assert " via " not in done.stderr
 
 
