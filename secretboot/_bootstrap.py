@@ -12,13 +12,21 @@ from collections.abc import Mapping
 from secretboot import _settings as s
 from secretboot._errors import BootstrapError, ConfigurationError, Failure, ReferenceSyntaxError
 from secretboot._keyring import Keyring
-from secretboot._reference import Reference, is_reference, parse_kms, parse_reference
+from secretboot._reference import (
+    Reference,
+    SecretsManagerReference,
+    SsmReference,
+    is_reference,
+    parse_kms,
+    parse_reference,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     import logging
 
 LOGGER_NAME = "secretboot"
+NOT_ALLOWED = "NotAllowed"
 
 # Never scanned unless listed in SECRETBOOT_KMS_VARS: the AWS SDK's and our own
 # settings are configuration, not secrets to resolve.
@@ -185,7 +193,7 @@ def read_environment(
 
 
 def scan(env: Mapping[str, str], kms_vars: frozenset[str]) -> tuple[dict[str, Reference], list[Failure]]:
-    """Parse every reference in ``env``; malformed ones become failures."""
+    """Parse every reference in ``env``; malformed or disallowed ones become failures."""
     refs: dict[str, Reference] = {}
     failures = [
         Failure(name, "kms", "-", "Missing", f"listed in {s.KMS_VARS} but not set")
@@ -201,7 +209,25 @@ def scan(env: Mapping[str, str], kms_vars: frozenset[str]) -> tuple[dict[str, Re
                     refs[name] = ref
         except ReferenceSyntaxError as exc:
             failures.append(Failure(name, exc.kind, "-", "Malformed", exc.reason))
+    allowlists = {
+        "ssm": (s.SSM_PATHS, s.allowlist(env, s.SSM_PATHS)),
+        "secretsmanager": (s.SECRETS_MANAGER_PATHS, s.allowlist(env, s.SECRETS_MANAGER_PATHS)),
+    }
+    for name, ref in list(refs.items()):
+        setting, entries = allowlists.get(ref.kind, ("", None))
+        if entries is not None and not any(s.allowed(n, entries) for n in _names(ref)):
+            del refs[name]
+            failures.append(Failure(name, ref.kind, ref.target, NOT_ALLOWED, f"outside {setting}"))
     return refs, failures
+
+
+def _names(ref: Reference) -> tuple[str, ...]:
+    """What an allowlist is checked against: the parameter's or the secret's name."""
+    if isinstance(ref, SsmReference):
+        return (ref.parameter_name,)
+    if isinstance(ref, SecretsManagerReference):
+        return ref.names()
+    return ()
 
 
 def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:

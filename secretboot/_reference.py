@@ -272,6 +272,14 @@ class SecretsManagerReference:
         object.__setattr__(self, "version_stage", version_stage)
         object.__setattr__(self, "version_id", version_id)
 
+    def names(self) -> tuple[str, ...]:
+        """The secret's name as written, and without an ARN's parts (and its random suffix)."""
+        if not self.secret_id.startswith("arn:"):
+            return (self.secret_id,)
+        name = self.secret_id.split(":secret:", 1)[1]
+        # A full ARN ends in "-" and six random characters; a partial one does not.
+        return (name, name[:-7]) if len(name) > 7 and name[-7] == "-" else (name,)
+
     @property
     def current(self) -> bool:
         """True when this reads the current version (what ``BatchGetSecretValue`` returns)."""

@@ -16,6 +16,10 @@ TRANSPORT = "SECRETBOOT_TRANSPORT"
 DATA_KEY = "SECRETBOOT_DATA_KEY"
 LOCAL_KEY_FILE = "SECRETBOOT_LOCAL_KEY_FILE"
 TIMEOUT = "SECRETBOOT_TIMEOUT"
+# Allowlists: what a reference may name, so that whoever can set one variable
+# cannot point it at another application's secret.
+SSM_PATHS = "SECRETBOOT_SSM_PATHS"
+SECRETS_MANAGER_PATHS = "SECRETBOOT_SECRETS_MANAGER_PATHS"
 # Every request, retry and backoff of one bootstrap() fits in this many seconds:
 # half of Lambda's 10-second init phase, leaving the rest to the application.
 DEFAULT_TIMEOUT = 5.0
@@ -104,6 +108,26 @@ def _parse_context(raw: str) -> dict[str, str]:
     ):
         raise ConfigurationError(f"{KMS_CONTEXT} must be a JSON object of strings to strings")
     return context
+
+
+def allowlist(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """The comma-separated entries of ``name``; ``None`` when it is unset (anything goes)."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return None
+    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+
+
+def allowed(name: str, entries: tuple[str, ...]) -> bool:
+    """Is ``name`` one of ``entries`` or below one? ``/app/prod`` covers ``/app/prod/db``, not
+    ``/app/production``; an entry ending in ``/`` covers only what is below it."""
+    for entry in entries:
+        if entry.endswith("/"):
+            if name.startswith(entry):
+                return True
+        elif name == entry or name.startswith(entry + "/"):
+            return True
+    return False
 
 
 def kms_vars(env: Mapping[str, str]) -> frozenset[str]:
