@@ -151,9 +151,9 @@ def _boot(
 
     keyring = _state.keyring
     if keyring is None:
-        keyring = Keyring(outcome.values, refs)
+        keyring = Keyring(outcome.values, refs, outcome.binary)
     else:
-        keyring._replace(outcome.values, refs)
+        keyring._replace(outcome.values, refs, outcome.binary)
     if do_export:
         _export(keyring, file_values)
     _state.keyring = keyring
@@ -233,13 +233,24 @@ def _names(ref: Reference) -> tuple[str, ...]:
 def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     if not os.path.isfile(path):
         raise ConfigurationError(f"env file {os.fspath(path)!r} does not exist")
+    import io
+
     from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
     try:
-        values = dotenv_values(path)
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = type(exc).__name__
         raise ConfigurationError(f"env file {os.fspath(path)!r} cannot be read ({reason})") from None
+    # python-dotenv lets the last of two lines setting a name win, silently: for a
+    # secret that is one edit away from shipping the wrong value. Refuse it.
+    keys = [b.key for b in parse_stream(io.StringIO(text)) if b.key]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ConfigurationError(f"env file {os.fspath(path)!r} sets {', '.join(twice)} more than once")
+    values = dotenv_values(stream=io.StringIO(text))
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -19,39 +19,64 @@ class Keyring(Mapping[str, str]):
     the reference it was resolved from (their ``repr`` is safe to log).
     """
 
-    __slots__ = ("_references", "_values")
+    # One attribute holding everything, replaced whole: a reader during a refresh
+    # sees the old contents or the new, never half of each.
+    __slots__ = ("_contents",)
 
-    def __init__(self, values: Mapping[str, str], references: Mapping[str, Reference]) -> None:
-        self._values: dict[str, str] = {}
-        self._references: Mapping[str, Reference] = MappingProxyType({})
-        self._replace(values, references)
+    def __init__(
+        self,
+        values: Mapping[str, str],
+        references: Mapping[str, Reference],
+        binary: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self._contents = _Contents({}, MappingProxyType({}), {})
+        self._replace(values, references, binary)
 
-    def _replace(self, values: Mapping[str, str], references: Mapping[str, Reference]) -> None:
+    def _replace(
+        self,
+        values: Mapping[str, str],
+        references: Mapping[str, Reference],
+        binary: Mapping[str, bytes] | None = None,
+    ) -> None:
         """Swap in new contents (a refresh, a SnapStart restore): holders see them."""
         if set(values) != set(references):
             raise ValueError("values and references must name the same variables")
-        self._values = dict(values)
-        self._references = MappingProxyType(dict(references))
+        self._contents = _Contents(dict(values), MappingProxyType(dict(references)), dict(binary or {}))
 
     def _drop_values(self) -> None:
         """Forget the plaintext, keep the references (before a SnapStart snapshot)."""
-        self._values = {}
+        self._contents = _Contents({}, self._contents.references, {})
+
+    @property
+    def _values(self) -> dict[str, str]:
+        return self._contents.values
 
     @property
     def references(self) -> Mapping[str, Reference]:
-        return self._references
+        return self._contents.references
+
+    def as_bytes(self, name: str) -> bytes:
+        """The plaintext of ``name`` as bytes.
+
+        For a variable listed in ``SECRETBOOT_BINARY_VARS`` these are the bytes
+        as stored (``keyring[name]`` is their standard base64); for any other, its
+        text encoded as UTF-8. Raises ``KeyError`` for a name not in the keyring.
+        """
+        contents = self._contents
+        raw = contents.binary.get(name)
+        return raw if raw is not None else contents.values[name].encode("utf-8")
 
     def __getitem__(self, name: str) -> str:
-        return self._values[name]
+        return self._contents.values[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+        return iter(self._contents.values)
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._contents.values)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._values
+        return name in self._contents.values
 
     def fernet(self, name: str, *, fallbacks: Sequence[str] = ()) -> Fernet | MultiFernet:
         """A ``Fernet`` for the key in ``name``, or a ``MultiFernet`` with fallbacks.
@@ -89,3 +114,17 @@ class Keyring(Mapping[str, str]):
     def __reduce__(self) -> str:
         # Pickling would put plaintext on disk or on the wire.
         raise TypeError("a Keyring cannot be pickled or copied")
+
+
+class _Contents:
+    __slots__ = ("binary", "references", "values")
+
+    def __init__(
+        self, values: dict[str, str], references: Mapping[str, Reference], binary: dict[str, bytes]
+    ) -> None:
+        self.values = values
+        self.references = references
+        self.binary = binary  # variable -> plaintext bytes, for SECRETBOOT_BINARY_VARS
+
+    def __repr__(self) -> str:
+        return f"<contents {sorted(self.values)}>"

@@ -42,7 +42,7 @@ class KmsResolver:
             detail = failure_detail(exc, self._settings)
             outcome.failures.extend(Failure(v, ref.kind, ref.target, exc.reason, detail) for v in variables)
             return outcome
-        decode(outcome, plaintext, variables, kind=ref.kind, target=ref.target)
+        decode(outcome, plaintext, variables)
         for variable in variables:
             outcome.key_ids[variable] = key_arn
         return outcome

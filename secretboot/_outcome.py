@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class Outcome:
-    __slots__ = ("calls", "failures", "key_ids", "retries", "transport", "values")
+    __slots__ = ("binary", "calls", "failures", "key_ids", "retries", "transport", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
@@ -22,12 +22,16 @@ class Outcome:
         self.transport = ""  # which transport made the calls, if any
         self.key_ids: dict[str, str] = {}  # KMS variable -> the ARN of the key that decrypted it
         self.retries = 0  # requests the transport retried
+        # Plaintext that is not UTF-8: variable -> bytes. Kept for SECRETBOOT_BINARY_VARS,
+        # a NotText failure for any other variable (decided by resolve()).
+        self.binary: dict[str, bytes] = {}
 
     def merge(self, other: Outcome) -> None:
         self.values.update(other.values)
         self.failures.extend(other.failures)
         self.calls.update(other.calls)
         self.key_ids.update(other.key_ids)
+        self.binary.update(other.binary)
 
 
 class Task:
@@ -40,14 +44,13 @@ class Task:
         self.run = run
 
 
-def decode(outcome: Outcome, plaintext: bytes, variables: Sequence[str], *, kind: str, target: str) -> None:
-    """Record ``plaintext`` as text for every variable, or a failure if it is not UTF-8."""
+def decode(outcome: Outcome, plaintext: bytes, variables: Sequence[str]) -> None:
+    """Record ``plaintext`` as text for every variable, or as bytes if it is not UTF-8."""
     try:
         text = plaintext.decode("utf-8")
     except UnicodeDecodeError:
-        outcome.failures.extend(
-            Failure(v, kind, target, "NotText", "the plaintext is not UTF-8 text") for v in variables
-        )
+        for variable in variables:
+            outcome.binary[variable] = plaintext
         return
     for variable in variables:
         outcome.values[variable] = text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 
@@ -10,7 +11,7 @@ from secretboot._errors import ConfigurationError, Failure
 from secretboot._kms import KmsResolver
 from secretboot._outcome import Outcome, Task
 from secretboot._reference import Reference
-from secretboot._settings import TIMEOUT, TRANSPORT, Settings
+from secretboot._settings import BINARY_VARS, TIMEOUT, TRANSPORT, Settings
 from secretboot._ssm import SsmResolver
 from secretboot._transport import Deadline
 
@@ -95,10 +96,25 @@ def resolve(
         outcome.failures.extend(
             Failure(v, ref.kind, ref.target, t.TIMEOUT, detail) for v, ref in task.refs.items()
         )
+    _binary(outcome, refs, settings.binary_vars)
     outcome.retries = transport.retries
     if outcome.calls:
         outcome.transport = transport.name  # not for sealed values under a local key: no AWS
     return outcome
+
+
+def _binary(outcome: Outcome, refs: Mapping[str, Reference], binary_vars: frozenset[str]) -> None:
+    """Bytes for the variables listed in SECRETBOOT_BINARY_VARS; a NotText failure for others."""
+    for variable in [v for v in outcome.binary if v not in binary_vars]:
+        del outcome.binary[variable]
+        ref = refs[variable]
+        detail = f"the plaintext is not UTF-8 text; list the variable in {BINARY_VARS} to read it as bytes"
+        outcome.failures.append(Failure(variable, ref.kind, ref.target, "NotText", detail))
+    for variable in binary_vars & outcome.values.keys():
+        outcome.binary[variable] = outcome.values[variable].encode("utf-8")
+    for variable, plaintext in outcome.binary.items():
+        # The mapping holds text: binary plaintext shows there as standard base64.
+        outcome.values[variable] = base64.b64encode(plaintext).decode("ascii")
 
 
 class _NoTransport:

@@ -68,7 +68,7 @@ class SealedResolver:
                 failure = Failure(variable, ref.kind, ref.target, _INTEGRITY, _INTEGRITY_DETAIL)
                 outcome.failures.append(failure)
                 continue
-            decode(outcome, plaintext, [variable], kind=ref.kind, target=ref.target)
+            decode(outcome, plaintext, [variable])
         return outcome
 
     def _data_key(self, outcome: Outcome) -> bytes:

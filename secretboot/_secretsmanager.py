@@ -103,7 +103,7 @@ def _extract(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
             if secret.string is not None:
                 outcome.values[variable] = secret.string
             else:
-                decode(outcome, secret.binary or b"", [variable], kind=ref.kind, target=ref.target)
+                decode(outcome, secret.binary or b"", [variable])
             continue
         if secret.string is None:
             _fail(outcome, {variable: ref}, "NotJson", "the secret is binary; drop '#KEY' to read it whole")

@@ -16,6 +16,7 @@ TRANSPORT = "SECRETBOOT_TRANSPORT"
 DATA_KEY = "SECRETBOOT_DATA_KEY"
 LOCAL_KEY_FILE = "SECRETBOOT_LOCAL_KEY_FILE"
 TIMEOUT = "SECRETBOOT_TIMEOUT"
+BINARY_VARS = "SECRETBOOT_BINARY_VARS"
 # Allowlists: what a reference may name, so that whoever can set one variable
 # cannot point it at another application's secret.
 SSM_PATHS = "SECRETBOOT_SSM_PATHS"
@@ -49,7 +50,7 @@ class KmsSettings:
 class Settings:
     """Everything the resolvers need, read once from the environment being booted."""
 
-    __slots__ = ("aws", "data_key", "kms", "local_key_file", "timeout", "transport")
+    __slots__ = ("aws", "binary_vars", "data_key", "kms", "local_key_file", "timeout", "transport")
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.kms = kms_settings(env)
@@ -65,6 +66,8 @@ class Settings:
             if name.lower().endswith("_proxy"):
                 self.aws.setdefault(name, value)
         self.timeout = _timeout(env)
+        # Variables whose plaintext is bytes, not text: base64 in the keyring, raw via as_bytes().
+        self.binary_vars = names(env, BINARY_VARS)
         self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
@@ -131,7 +134,12 @@ def allowed(name: str, entries: tuple[str, ...]) -> bool:
 
 
 def kms_vars(env: Mapping[str, str]) -> frozenset[str]:
-    return frozenset(name.strip() for name in env.get(KMS_VARS, "").split(",") if name.strip())
+    return names(env, KMS_VARS)
+
+
+def names(env: Mapping[str, str], setting: str) -> frozenset[str]:
+    """The comma-separated variable names in ``setting``."""
+    return frozenset(name.strip() for name in env.get(setting, "").split(",") if name.strip())
 
 
 def flag(env: Mapping[str, str], name: str, explicit: bool | None) -> bool:
