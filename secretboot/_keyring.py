@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from types import MappingProxyType
 
 from secretboot._reference import Reference
@@ -71,6 +71,19 @@ class Keyring(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._contents.values)
+
+    # Views of one generation's dict (a refresh builds a new one and never edits
+    # the old): iterating them across a refresh never mixes old and new values.
+    # ``dict(keyring.items())`` is therefore a consistent copy; ``dict(keyring)``,
+    # which looks up each key again, is not.
+    def keys(self) -> KeysView[str]:
+        return self._contents.values.keys()
+
+    def items(self) -> ItemsView[str, str]:
+        return self._contents.values.items()
+
+    def values(self) -> ValuesView[str]:
+        return self._contents.values.values()
 
     def __len__(self) -> int:
         return len(self._contents.values)
