@@ -238,12 +238,16 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     from dotenv import dotenv_values
     from dotenv.parser import parse_stream
 
+    text, reason = None, ""
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = type(exc).__name__
-        raise ConfigurationError(f"env file {os.fspath(path)!r} cannot be read ({reason})") from None
+    # Raised outside the except block: a UnicodeDecodeError holds the file's bytes,
+    # and even "from None" would keep it as the new error's __context__.
+    if text is None:
+        raise ConfigurationError(f"env file {os.fspath(path)!r} cannot be read ({reason})")
     # python-dotenv lets the last of two lines setting a name win, silently: for a
     # secret that is one edit away from shipping the wrong value. Refuse it.
     keys = [b.key for b in parse_stream(io.StringIO(text)) if b.key]

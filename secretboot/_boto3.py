@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from secretboot import _transport as t
@@ -22,17 +21,6 @@ class _DropOurBodies(logging.Filter):
 
 
 _filter = _DropOurBodies()
-
-
-@contextmanager
-def _call(transport: Boto3Transport) -> Iterator[None]:
-    """Mark this thread as making a secretboot call; count retries; translate botocore errors."""
-    _calling.active = True
-    try:
-        with _translated(transport):
-            yield
-    finally:
-        _calling.active = False
 
 
 class Boto3Transport:
@@ -101,6 +89,23 @@ class Boto3Transport:
             with self._lock:
                 self.retries += retried
 
+    def _invoke(self, service: str, operation: str, kwargs: Mapping[str, Any]) -> Any:
+        """Call ``operation``; botocore's errors come out as ``TransportError``.
+
+        The error is raised after the except block, with no cause or context:
+        botocore's exceptions can quote the request (ciphertext, a value to store).
+        """
+        _calling.active = True  # this thread's botocore body logs are dropped
+        try:
+            return getattr(self._client(service), operation)(**kwargs)
+        except Exception as exc:
+            error = _translated(exc)
+            if error is None:
+                raise
+        finally:
+            _calling.active = False
+        raise error
+
     def decrypt(
         self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
     ) -> tuple[bytes, str]:
@@ -109,19 +114,16 @@ class Boto3Transport:
             kwargs["EncryptionContext"] = dict(context)
         if key_id:
             kwargs["KeyId"] = key_id
-        with _call(self):
-            answer = self._client("kms").decrypt(**kwargs)
+        answer = self._invoke("kms", "decrypt", kwargs)
         return answer["Plaintext"], str(answer.get("KeyId", ""))
 
     def get_parameters(self, names: Sequence[str]) -> t.Parameters:
-        with _call(self):
-            answer = self._client("ssm").get_parameters(Names=list(names), WithDecryption=True)
+        answer = self._invoke("ssm", "get_parameters", {"Names": list(names), "WithDecryption": True})
         found = [t.Parameter(p["Name"], p.get("ARN", ""), p["Value"]) for p in answer.get("Parameters", ())]
         return t.Parameters(found, list(answer.get("InvalidParameters", ())))
 
     def get_secret_values(self, secret_ids: Sequence[str]) -> t.Secrets:
-        with _call(self):
-            answer = self._client("secretsmanager").batch_get_secret_value(SecretIdList=list(secret_ids))
+        answer = self._invoke("secretsmanager", "batch_get_secret_value", {"SecretIdList": list(secret_ids)})
         found = [_secret(s) for s in answer.get("SecretValues", ())]
         errors = [
             t.SecretError(e["SecretId"], str(e.get("ErrorCode", "")), str(e.get("Message", "")))
@@ -137,8 +139,7 @@ class Boto3Transport:
             kwargs["VersionStage"] = version_stage
         if version_id:
             kwargs["VersionId"] = version_id
-        with _call(self):
-            return _secret(self._client("secretsmanager").get_secret_value(**kwargs))
+        return _secret(self._invoke("secretsmanager", "get_secret_value", kwargs))
 
 
 def _secret(answer: Mapping[str, Any]) -> t.Secret:
@@ -164,8 +165,7 @@ class Boto3Admin(Boto3Transport):
         kwargs: dict[str, Any] = {"KeyId": key_id, "Plaintext": plaintext}
         if context:
             kwargs["EncryptionContext"] = dict(context)
-        with _call(self):
-            answer = self._client("kms").encrypt(**kwargs)
+        answer = self._invoke("kms", "encrypt", kwargs)
         blob: bytes = answer["CiphertextBlob"]
         return blob
 
@@ -183,8 +183,7 @@ class Boto3Admin(Boto3Transport):
             kwargs["SourceEncryptionContext"] = dict(source_context)
         if context:
             kwargs["DestinationEncryptionContext"] = dict(context)
-        with _call(self):
-            answer = self._client("kms").re_encrypt(**kwargs)
+        answer = self._invoke("kms", "re_encrypt", kwargs)
         return answer["CiphertextBlob"], str(answer.get("KeyId", ""))
 
     def generate_data_key(self, *, key_id: str, context: Mapping[str, str] | None) -> tuple[bytes, bytes]:
@@ -192,13 +191,14 @@ class Boto3Admin(Boto3Transport):
         kwargs: dict[str, Any] = {"KeyId": key_id, "KeySpec": "AES_256"}
         if context:
             kwargs["EncryptionContext"] = dict(context)
-        with _call(self):
-            answer = self._client("kms").generate_data_key(**kwargs)
+        answer = self._invoke("kms", "generate_data_key", kwargs)
         return answer["Plaintext"], answer["CiphertextBlob"]
 
     def put_secure_string(self, name: str, value: str, *, key_id: str, overwrite: bool) -> None:
-        with _call(self):
-            self._client("ssm").put_parameter(
+        self._invoke(
+            "ssm",
+            "put_parameter",
+            dict(
                 Name=name,
                 Value=value,
                 Type="SecureString",
@@ -206,37 +206,30 @@ class Boto3Admin(Boto3Transport):
                 Overwrite=overwrite,
                 # Standard parameters hold at most 4 KB; larger values need the Advanced tier.
                 Tier="Advanced" if len(value.encode("utf-8")) > 4096 else "Standard",
-            )
+            ),
+        )
 
 
-class _translated:
-    """Turn botocore's exceptions into ``TransportError`` with a reason code."""
+def _translated(exc: Exception) -> t.TransportError | None:
+    """botocore's exception as a ``TransportError`` with a reason code; ``None`` if not botocore's."""
+    from botocore import exceptions as be
 
-    def __init__(self, transport: Boto3Transport) -> None:
-        self._transport = transport
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, Exception):
-            return
-        from botocore import exceptions as be
-
-        if isinstance(exc, be.ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            raise t.TransportError(t.reason_for_code(code), str(error.get("Message", ""))) from exc
-        if isinstance(exc, (be.ConnectTimeoutError, be.ReadTimeoutError)):
-            raise t.TransportError(t.TIMEOUT, type(exc).__name__) from exc
-        if isinstance(exc, (be.EndpointConnectionError, be.ConnectionClosedError, be.HTTPClientError)):
-            raise t.TransportError(t.CONNECTION_ERROR, type(exc).__name__) from exc
-        if isinstance(exc, be.NoCredentialsError):
-            raise t.TransportError(t.NO_CREDENTIALS, "no AWS credentials found") from exc
-        if isinstance(exc, be.NoRegionError):
-            raise t.TransportError(t.NO_REGION, "set AWS_REGION") from exc
-        if isinstance(exc, be.ParamValidationError):
-            # botocore's message can quote the request; keep only the kind.
-            raise t.TransportError(t.INVALID_REQUEST, "request failed client-side validation") from None
-        if isinstance(exc, be.BotoCoreError):
-            raise t.TransportError(t.SERVICE_ERROR, type(exc).__name__) from exc
+    if isinstance(exc, be.ClientError):
+        error = exc.response.get("Error", {})
+        return t.TransportError(t.reason_for_code(str(error.get("Code", ""))), str(error.get("Message", "")))
+    if isinstance(exc, (be.ConnectTimeoutError, be.ReadTimeoutError)):
+        return t.TransportError(t.TIMEOUT, type(exc).__name__)
+    if isinstance(exc, (be.EndpointConnectionError, be.ConnectionClosedError, be.HTTPClientError)):
+        return t.TransportError(t.CONNECTION_ERROR, type(exc).__name__)
+    if isinstance(exc, be.NoCredentialsError):
+        return t.TransportError(t.NO_CREDENTIALS, "no AWS credentials found")
+    if isinstance(exc, be.NoRegionError):
+        return t.TransportError(t.NO_REGION, "set AWS_REGION")
+    if isinstance(exc, be.ParamValidationError):
+        # botocore's message can quote the request; keep only the kind.
+        return t.TransportError(t.INVALID_REQUEST, "request failed client-side validation")
+    if isinstance(exc, be.BotoCoreError):
+        return t.TransportError(t.SERVICE_ERROR, type(exc).__name__)
+    if isinstance(exc, UnicodeEncodeError):  # say, a credential with a non-ASCII character
+        return t.TransportError(t.INVALID_REQUEST, "the request holds text that cannot be encoded")
+    return None

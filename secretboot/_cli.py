@@ -429,9 +429,11 @@ def _read_stdin(stream: TextIO) -> str:
         return getpass.getpass("Plaintext (not echoed): ")
     data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode()
     try:
-        text = data.decode("utf-8")
+        text: str | None = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError("the input is not UTF-8 text") from None
+        text = None
+    if text is None:  # raised here, not in the except block, which holds the input as context
+        raise UsageError("the input is not UTF-8 text")
     if text.endswith("\r\n"):
         return text[:-2]
     return text[:-1] if text.endswith("\n") else text

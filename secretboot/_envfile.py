@@ -48,15 +48,18 @@ class EnvFile:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, missing_ok: bool = False) -> EnvFile:
+        reason = ""
         try:
             with open(path, encoding="utf-8", newline="") as handle:
                 return cls(path, handle.read(), exists=True)
         except FileNotFoundError:
             if missing_ok:
                 return cls(path, "", exists=False)
-            raise EnvFileError(f"{os.fspath(path)}: no such file") from None
+            reason = "no such file"
         except (OSError, UnicodeDecodeError) as exc:
-            raise EnvFileError(f"{os.fspath(path)}: cannot be read ({type(exc).__name__})") from None
+            reason = f"cannot be read ({type(exc).__name__})"
+        # Raised outside the except blocks: a UnicodeDecodeError holds the file's bytes.
+        raise EnvFileError(f"{os.fspath(path)}: {reason}")
 
     def __contains__(self, name: object) -> bool:
         return name in self._counts

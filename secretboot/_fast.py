@@ -101,6 +101,8 @@ class FastTransport:
         self._access_key = env["AWS_ACCESS_KEY_ID"]
         self._secret_key = env["AWS_SECRET_ACCESS_KEY"]
         self._token = env.get("AWS_SESSION_TOKEN") or None
+        # AWS credentials are ASCII; anything else cannot be signed (nor shown: it is a key).
+        self._credentials_ok = (self._access_key + self._secret_key + (self._token or "")).isascii()
         self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
         self._rand = rand
         self._sleep = sleep
@@ -180,6 +182,8 @@ class FastTransport:
             "X-Amz-Target": f"{_TARGETS[service]}.{operation}",
             "User-Agent": _USER_AGENT,
         }
+        if not self._credentials_ok:
+            raise t.TransportError(t.INVALID_CREDENTIALS, "the AWS credentials hold non-ASCII characters")
         error: t.TransportError | None = None
         for attempt in range(1, t.TOTAL_MAX_ATTEMPTS + 1):
             connect_timeout, read_timeout = t.CONNECT_TIMEOUT, t.READ_TIMEOUT
@@ -209,10 +213,9 @@ class FastTransport:
                 error = t.TransportError(t.CONNECTION_ERROR, type(exc).__name__)
             else:
                 if status == 200:
-                    try:
-                        answer: dict[str, Any] = json.loads(data)
-                    except ValueError:
-                        raise t.TransportError(t.SERVICE_ERROR, f"{operation} answered non-JSON") from None
+                    answer = _json(data)
+                    if answer is None:  # not raised in an except block: the error holds the body
+                        raise t.TransportError(t.SERVICE_ERROR, f"{operation} answered non-JSON")
                     return answer
                 code, message = _error(status, answer_headers, data)
                 error = t.TransportError(t.reason_for_code(code), message)
@@ -229,6 +232,15 @@ class FastTransport:
                 self.retries += 1
             self._sleep(pause)
         raise AssertionError("unreachable")
+
+
+def _json(data: bytes) -> dict[str, Any] | None:
+    """The JSON object in ``data``, or ``None``."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def _out_of_time(operation: str, attempts: int, last: t.TransportError | None) -> t.TransportError:

@@ -107,9 +107,9 @@ class Keyring(Mapping[str, str]):
             try:
                 return Fernet(self._values[variable])
             except (ValueError, TypeError):
-                raise ValueError(
-                    f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)"
-                ) from None
+                pass
+            # Raised here, not in the except block: its error's context holds the key.
+            raise ValueError(f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)")
 
         if isinstance(fallbacks, str):
             raise TypeError("fallbacks must be a sequence of names, not one str")

@@ -110,11 +110,27 @@ def _binary(outcome: Outcome, refs: Mapping[str, Reference], binary_vars: frozen
         ref = refs[variable]
         detail = f"the plaintext is not UTF-8 text; list the variable in {BINARY_VARS} to read it as bytes"
         outcome.failures.append(Failure(variable, ref.kind, ref.target, "NotText", detail))
+    # JSON answers can carry lone surrogates ("\ud800"): text no encoding can write out.
+    for variable in [v for v, value in outcome.values.items() if not _encodable(value)]:
+        del outcome.values[variable]
+        ref = refs[variable]
+        detail = "the value holds characters that are not valid Unicode (lone surrogates)"
+        outcome.failures.append(Failure(variable, ref.kind, ref.target, "NotText", detail))
     for variable in binary_vars & outcome.values.keys():
         outcome.binary[variable] = outcome.values[variable].encode("utf-8")
     for variable, plaintext in outcome.binary.items():
         # The mapping holds text: binary plaintext shows there as standard base64.
         outcome.values[variable] = base64.b64encode(plaintext).decode("ascii")
+
+
+def _encodable(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False  # the error, which holds the value, goes no further
+    return True
 
 
 class _NoTransport:
@@ -136,9 +152,10 @@ def _run_all(tasks: Sequence[Task], deadline: Deadline) -> tuple[list[Outcome], 
     """Run every task, at most ``MAX_WORKERS`` at once, until done or past ``deadline``.
 
     Returns (the outcomes of finished tasks, the tasks still unfinished at the
-    deadline); re-raises the first crash. Unfinished tasks' threads are daemons
-    left to end on their own: their results are discarded. Plain threads:
-    concurrent.futures would add its import (and logging's) to every cold start.
+    deadline); re-raises the first KeyboardInterrupt or other BaseException.
+    Unfinished tasks' threads are daemons left to end on their own: their results
+    are discarded. Plain threads: concurrent.futures would add its import (and
+    logging's) to every cold start.
     """
     results: list[Outcome] = []
     crashes: list[BaseException] = []
@@ -155,7 +172,11 @@ def _run_all(tasks: Sequence[Task], deadline: Deadline) -> tuple[list[Outcome], 
             index, task = item
             try:
                 result = task.run()
-            except BaseException as exc:  # surfaced in the calling thread below
+            except Exception as exc:
+                # A bug, not an AWS failure. Its variables fail; the exception itself
+                # is not passed on, as its arguments may hold the data it choked on.
+                result = _crashed(task, type(exc).__name__)
+            except BaseException as exc:  # KeyboardInterrupt and the like: re-raised below
                 with changed:
                     crashes.append(exc)
                     changed.notify()
@@ -176,6 +197,15 @@ def _run_all(tasks: Sequence[Task], deadline: Deadline) -> tuple[list[Outcome], 
         if crashes:
             raise crashes[0]
         return list(results), [tasks[i] for i in sorted(unfinished)]
+
+
+def _crashed(task: Task, kind: str) -> Outcome:
+    outcome = Outcome()
+    detail = f"{kind} inside secretboot while resolving it (a bug: please report it)"
+    outcome.failures.extend(
+        Failure(v, ref.kind, ref.target, "InternalError", detail) for v, ref in task.refs.items()
+    )
+    return outcome
 
 
 def default_transport(

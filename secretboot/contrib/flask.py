@@ -18,7 +18,7 @@ Importing this module does nothing else: see docs/flask.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import click
@@ -89,15 +89,19 @@ class SecretBoot:
         other than ``SECRET_KEY``); either way ``app`` is left as it was.
         """
         keyring = secretboot.bootstrap()
-        values = self._select(keyring)
-        _refuse_flask_settings(app, values)
-        _refuse_unresolved_secret_key(app, values)
-        app.config.update({key: value for key, (_, value) in values.items()})
+        # Every check works on names; values are read only once all have passed, so
+        # no frame that raises holds plaintext (error reporters capture frame locals).
+        keys = self._select(keyring)
+        _refuse_flask_settings(app, keys)
+        failures = _unresolved_secret_key(app, keys)
+        if failures:
+            raise BootstrapError(failures)
+        app.config.update({key: _value(keyring, variable) for key, variable in keys.items()})
         app.extensions[EXTENSION_NAME] = self
         app.cli.add_command(cli)
 
-    def _select(self, keyring: Keyring) -> dict[str, tuple[str, str]]:
-        """config key -> (variable, value), all or nothing."""
+    def _select(self, keyring: Keyring) -> dict[str, str]:
+        """config key -> variable, all or nothing."""
         if self._prefix is not None:
             prefix = self._prefix
             selected = {}
@@ -106,26 +110,23 @@ class SecretBoot:
                     key = name.removeprefix(prefix)
                     if not key:
                         raise ConfigurationError(f"{name}: removing the prefix {prefix!r} leaves no name")
-                    selected[key] = (name, keyring[name])
+                    selected[key] = name
             return selected
         if self._names is None:
-            return {name: (name, keyring[name]) for name in sorted(keyring)}
-        selected = {}
+            return {name: name for name in sorted(keyring)}
         failures: list[Failure] = []
         for name in self._names:
             try:
-                value = secretboot.getenv(name)
+                missing = secretboot.getenv(name) is None
             except BootstrapError as exc:  # a reference set after bootstrap()
                 failures.extend(exc.failures)
                 continue
-            if value is None:
+            if missing:
                 detail = "declared in SecretBoot(names=...) but not set"
                 failures.append(Failure(name, "reference", "-", "Missing", detail))
-            else:
-                selected[name] = (name, value)
         if failures:
             raise BootstrapError(failures)
-        return selected
+        return {name: name for name in self._names}
 
     def __repr__(self) -> str:
         if self._names is not None:
@@ -147,13 +148,20 @@ def _check_names(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
-def _refuse_flask_settings(app: Flask, values: dict[str, tuple[str, str]]) -> None:
-    builtin = sorted(key for key in values if key in app.default_config and key != _KEY_SETTING)
+def _value(keyring: Keyring, variable: str) -> str:
+    """A resolved value, or a plain one (names= may list plain variables)."""
+    if variable in keyring:
+        return keyring[variable]
+    return secretboot.getenv(variable) or ""
+
+
+def _refuse_flask_settings(app: Flask, keys: dict[str, str]) -> None:
+    builtin = sorted(key for key in keys if key in app.default_config and key != _KEY_SETTING)
     if not builtin:
         return
     problems = []
     for key in builtin:
-        variable = values[key][0]
+        variable = keys[key]
         if key == _FALLBACKS_SETTING:
             hint = f"it is a list: set app.config[{key!r}] = [secretboot.getenv(...)] yourself"
         else:
@@ -162,18 +170,10 @@ def _refuse_flask_settings(app: Flask, values: dict[str, tuple[str, str]]) -> No
     raise ConfigurationError("secretboot will not load " + "; ".join(problems))
 
 
-def _refuse_unresolved_secret_key(app: Flask, values: dict[str, tuple[str, str]]) -> None:
+def _unresolved_secret_key(app: Flask, keys: dict[str, str]) -> list[Failure]:
     """The classic silent failure: ciphertext or a reference used as the signing key."""
-    candidates: list[tuple[str, object]] = []
-    if _KEY_SETTING in values:
-        candidates.append((_KEY_SETTING, values[_KEY_SETTING][1]))
-    else:
-        candidates.append((_KEY_SETTING, app.config.get(_KEY_SETTING)))
-    fallbacks = app.config.get(_FALLBACKS_SETTING)
-    if isinstance(fallbacks, (list, tuple)):
-        candidates += [(f"{_FALLBACKS_SETTING}[{i}]", key) for i, key in enumerate(fallbacks)]
     failures = []
-    for where, value in candidates:
+    for where, value in _signing_keys(app, keys):
         if isinstance(value, str) and secretboot.is_reference(value):
             kind, target = _describe(value)
             detail = (
@@ -182,8 +182,19 @@ def _refuse_unresolved_secret_key(app: Flask, values: dict[str, tuple[str, str]]
                 "from secretboot.getenv()"
             )
             failures.append(Failure(where, kind, target, "Unresolved", detail))
-    if failures:
-        raise BootstrapError(failures)
+    return failures
+
+
+def _signing_keys(app: Flask, keys: dict[str, str]) -> Iterator[tuple[str, object]]:
+    """(where, value) of SECRET_KEY as it would be loaded, and of each of its fallbacks."""
+    if _KEY_SETTING in keys:
+        variable = keys[_KEY_SETTING]
+        yield _KEY_SETTING, secretboot.getenv(variable)
+    else:
+        yield _KEY_SETTING, app.config.get(_KEY_SETTING)
+    fallbacks = app.config.get(_FALLBACKS_SETTING)
+    if isinstance(fallbacks, (list, tuple)):
+        yield from ((f"{_FALLBACKS_SETTING}[{i}]", key) for i, key in enumerate(fallbacks))
 
 
 def _describe(value: str) -> tuple[str, str]:

@@ -27,14 +27,11 @@ def fallbacks(*names: str) -> list[str]:
     so old keys are resolved exactly like ``SECRET_KEY``. Unset or empty
     variables are left out: delete the variable when the rollout is over.
     """
-    keys = []
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError("fallbacks() takes variable names: fallbacks('SECRET_KEY_FALLBACK', ...)")
-        value = secretboot.getenv(name)
-        if value:
-            keys.append(value)
-    return keys
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError("fallbacks() takes variable names: fallbacks('SECRET_KEY_FALLBACK', ...)")
+    # One expression: if a later name fails, no local of this frame holds the earlier
+    # keys (error reporters capture frame locals).
+    return [key for key in [secretboot.getenv(name) for name in names] if key]
 
 
 __all__ = ["fallbacks"]
