@@ -1,0 +1,52 @@
+"""secretboot in a fleet of cold starts (bench/fleet.py), with the settings it finds.
+
+Before the common start: import everything resolution will use, read the settings and the
+references from the environment, and with ``SECRETBOOT_TRANSPORT=boto3`` build the boto3
+clients (about 75 ms of CPU each time): local work that every Lambda instance does on its own
+cores, which 50 processes on this machine's 2 cores would otherwise queue behind one another.
+
+After it: ``resolve()``, the call ``bootstrap()`` makes, with the same settings (its deadline,
+``SECRETBOOT_TIMEOUT``, starts at that call), and one JSON line: every variable resolved or not,
+the requests it retried, its API calls and the reasons of its failures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from _fleet import digest, emit, wait_for_start
+
+from secretboot import _bootstrap, _settings
+from secretboot._resolve import MAX_WORKERS, RESOLVERS, resolve
+
+environ = dict(os.environ)
+settings = _settings.Settings(environ)
+refs, failures = _bootstrap.scan(environ, _settings.kms_vars(environ))
+services = sorted({service for ref in refs.values() for service in RESOLVERS[ref.kind][0](settings)})
+transport = None
+if settings.transport == "boto3":
+    from secretboot._boto3 import Boto3Transport
+
+    transport = Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS)
+    for service in services:
+        transport._client(service)
+else:
+    from secretboot import _fast  # noqa: F401 (imported now rather than after the start)
+if any(ref.kind == "sealed" for ref in refs.values()):
+    from secretboot import _envelope, _sealed  # noqa: F401
+
+    _envelope.load_aead()
+
+woke = wait_for_start()
+outcome = resolve(refs, settings, transport)
+failures += outcome.failures
+emit(
+    ok=not failures,
+    woke=woke,
+    retries=outcome.retries,
+    calls=sum(outcome.calls.values()),
+    transport=outcome.transport,
+    failures=dict(Counter(failure.reason for failure in failures)),
+    digest=digest(outcome.values) if not failures else "",
+)
