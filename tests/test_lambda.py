@@ -272,6 +272,8 @@ def test_snapstart_hooks_run_in_order_around_the_snapshot(aws: Aws, lab: Lab, po
     # The restore: after-restore hooks, then the first /invocation/next.
     emulator.release_restore()
     runtime.wait_ready(WAIT)
+    # The probe's line comes through a pipe read by another thread: wait for it too.
+    runtime.wait_for_output('"probe": "after-restore"', WAIT)
     after = probe(runtime.output, "after-restore")
     assert after["values"] == 2
     assert after["id"] == before["id"]  # the same Keyring object, refilled in place
