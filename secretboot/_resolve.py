@@ -96,15 +96,18 @@ def resolve(
         outcome.failures.extend(
             Failure(v, ref.kind, ref.target, t.TIMEOUT, detail) for v, ref in task.refs.items()
         )
-    _binary(outcome, refs, settings.binary_vars)
+    _text_and_bytes(outcome, refs, settings.binary_vars)
     outcome.retries = transport.retries
     if outcome.calls:
         outcome.transport = transport.name  # not for sealed values under a local key: no AWS
     return outcome
 
 
-def _binary(outcome: Outcome, refs: Mapping[str, Reference], binary_vars: frozenset[str]) -> None:
-    """Bytes for the variables listed in SECRETBOOT_BINARY_VARS; a NotText failure for others."""
+def _text_and_bytes(outcome: Outcome, refs: Mapping[str, Reference], binary_vars: frozenset[str]) -> None:
+    """Every value is valid text, or bytes for a variable listed in SECRETBOOT_BINARY_VARS.
+
+    Anything else is a NotText failure naming the variable.
+    """
     for variable in [v for v in outcome.binary if v not in binary_vars]:
         del outcome.binary[variable]
         ref = refs[variable]
