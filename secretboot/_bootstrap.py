@@ -136,6 +136,8 @@ def _boot(
 
     outcome = resolve(refs, settings)
     failures.extend(outcome.failures)
+    if do_export:
+        failures.extend(_unexportable({**file_values, **outcome.values}, refs))
     elapsed_ms = (time.perf_counter() - started) * 1000
     calls = sum(outcome.calls.values())
     if failures:
@@ -250,11 +252,23 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         raise ConfigurationError(f"env file {os.fspath(path)!r} cannot be read ({reason})")
     # python-dotenv lets the last of two lines setting a name win, silently: for a
     # secret that is one edit away from shipping the wrong value. Refuse it.
-    keys = [b.key for b in parse_stream(io.StringIO(text)) if b.key]
+    bindings = list(parse_stream(io.StringIO(text)))
+    keys = [b.key for b in bindings if b.key]
     twice = sorted({key for key in keys if keys.count(key) > 1})
     if twice:
         raise ConfigurationError(f"env file {os.fspath(path)!r} sets {', '.join(twice)} more than once")
     values = dotenv_values(stream=io.StringIO(text))
+    # A reference built with ${VAR} expansion would carry another variable's value into
+    # its name, which errors, logs and AWS requests show: refuse it.
+    raw = {b.key: b.value or "" for b in bindings if b.key is not None}
+    built = sorted(
+        k for k, v in raw.items() if "$" in v and values.get(k) != v and is_reference(values.get(k) or "")
+    )
+    if built:
+        raise ConfigurationError(
+            f"env file {os.fspath(path)!r}: {', '.join(built)} would become a reference through "
+            "${VAR} expansion; write references out in full"
+        )
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -270,6 +284,21 @@ def _unexported_view(base: Mapping[str, str]) -> dict[str, str]:
             else:
                 view[name] = before
     return view
+
+
+def _unexportable(values: Mapping[str, str], refs: Mapping[str, Reference]) -> list[Failure]:
+    """Values no environment variable can hold (a NUL), checked before anything is written."""
+    return [
+        Failure(
+            name,
+            refs[name].kind if name in refs else "plain",
+            refs[name].target if name in refs else "-",
+            "NotExportable",
+            "holds a NUL character, which an environment variable cannot",
+        )
+        for name, value in values.items()
+        if "\x00" in value
+    ]
 
 
 def _export(keyring: Keyring, file_values: Mapping[str, str]) -> None:

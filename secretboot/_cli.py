@@ -83,8 +83,10 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (never calls ``sys.exit``)."""
     parser = _build_parser()
+    _tolerant_output()
     try:
         args = parser.parse_args(argv)
+        _check_values(args)
         if args.command is None:
             parser.print_help(sys.stderr)
             return USAGE
@@ -106,6 +108,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return INTERRUPTED
+    except UnicodeError:  # text no encoding can write, say a lone surrogate in an argument
+        _error("an argument or a file's text is not valid Unicode")
+        return USAGE
+
+
+def _tolerant_output() -> None:
+    """Paths from argv that are not UTF-8 must print, not crash after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+# Options that take a list; every other option takes one string (or is a flag).
+_LIST_OPTIONS = frozenset({"argv", "context", "names", "source_context"})
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """argparse (3.11) turns ``--option=--`` into ``[]``: refuse what is not a string."""
+    for name, value in vars(args).items():
+        if name in _LIST_OPTIONS:
+            bad = not isinstance(value, list) or not all(isinstance(item, str) for item in value)
+        else:
+            bad = isinstance(value, list)
+        if bad:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a value")
 
 
 def entry_point() -> None:

@@ -147,7 +147,7 @@ def read_key_file(path: str) -> bytes:
     try:
         with open(path, "rb") as file:
             data = file.read(_KEY_FILE_MAX + 1)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigurationError(f"key file {path!r} cannot be read ({type(exc).__name__})") from None
     try:
         if len(data) > _KEY_FILE_MAX:
@@ -177,7 +177,7 @@ def write_key_file(path: str, *, force: bool = False, urandom: Callable[[int], b
         fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
     except FileExistsError:
         raise ConfigurationError(f"{path!r} already exists; a key is never overwritten") from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigurationError(f"{path!r} cannot be created ({type(exc).__name__})") from None
     try:
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # whatever the umask

@@ -56,7 +56,7 @@ class EnvFile:
             if missing_ok:
                 return cls(path, "", exists=False)
             reason = "no such file"
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
             reason = f"cannot be read ({type(exc).__name__})"
         # Raised outside the except blocks: a UnicodeDecodeError holds the file's bytes.
         raise EnvFileError(f"{os.fspath(path)}: {reason}")
@@ -106,9 +106,9 @@ class EnvFile:
         text = "".join(out)
         if pending:
             # New lines end the way the file's first line does.
-            first = text.find("\n")
-            newline = "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
-            if text and not text.endswith("\n"):
+            first = re.search(r"\r\n|\n|\r", text)
+            newline = first[0] if first else "\n"
+            if text and not text.endswith(("\n", "\r")):
                 text += newline
             text += "".join(f"{key}={value}{newline}" for key, value in pending.items())
         return text
@@ -119,11 +119,28 @@ class EnvFile:
 
 
 def _rewrite(original: str, key: str, value: str) -> str:
-    """``original`` (one binding's text) with its value replaced, its layout kept."""
-    lead = re.match(r"(\s*)(export\s+)?", original)
-    assert lead is not None  # the pattern matches the empty string
-    ending = "\r\n" if original.endswith("\r\n") else "\n" if original.endswith("\n") else ""
-    return f"{lead[1]}{lead[2] or ''}{key}={value}{ending}"
+    """``original`` (one binding's text) with its value replaced, its layout kept.
+
+    Everything up to the ``=`` stays as written: leading blank lines, indentation,
+    ``export``, and the key itself, quoted or not; so does the line ending (LF, CRLF or a
+    lone CR). Each candidate is parsed back, and used only if it reads as ``key=value``.
+    """
+    ending = re.search(r"(\r\n|\n|\r)$", original)
+    end = ending[0] if ending else ""
+    body = original[: len(original) - len(end)]
+    candidates = []
+    head = re.match(r"""\s*(?:export[^\S\r\n]+)?(?:'[^']*'|"[^"]*"|[^=#\s]+)""", body)
+    if head is not None:
+        equals = re.match(r"[^\S\r\n]*=", body[head.end() :])
+        kept = body[: head.end() + equals.end()] if equals else head[0] + "="
+        candidates.append(f"{kept}{value}{end}")
+    candidates.append(f"{key}={value}{end}")
+    from dotenv.parser import parse_stream
+
+    for line in candidates:
+        if [(b.key, b.value) for b in parse_stream(io.StringIO(line)) if b.key] == [(key, value)]:
+            return line
+    raise EnvFileWriteError(f"cannot rewrite the line that sets {key!r} so that it reads back")
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -288,7 +288,11 @@ class SecretsManagerReference:
     @property
     def target(self) -> str:
         """The secret, key and version: names, not data."""
-        text = self.secret_id + (f"#{self.json_key}" if self.json_key is not None else "")
+        # A JSON key is free text: escape what could break a line or move the cursor.
+        key = self.json_key
+        if key is not None and not key.isprintable():
+            key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
+        text = self.secret_id + (f"#{key}" if key is not None else "")
         if self.version_stage is not None:
             text += f" (stage {self.version_stage})"
         if self.version_id is not None:
@@ -511,8 +515,10 @@ def _parse_dynamic(value: str) -> SsmReference | SecretsManagerReference:
     if kind == "secretsmanager":
         return _parse_dynamic_secrets_manager(match["body"])
     if kind not in ("ssm", "ssm-secure"):
+        # Kinds are short words (ssm-secure); anything long is not one, and is not echoed.
+        shown = repr(kind) if len(kind) <= 20 else f"of {len(kind)} characters"
         raise ReferenceSyntaxError(
-            f"dynamic reference kind {kind!r} is not supported; use ssm, ssm-secure or secretsmanager"
+            f"dynamic reference kind {shown} is not supported; use ssm, ssm-secure or secretsmanager"
         )
     name, version = _split_selector(match["body"])
     # CloudFormation's own syntax allows only a version number here.

@@ -48,7 +48,7 @@ RESOLVERS: Mapping[
     ),
     "secretsmanager": (
         lambda settings: ("secretsmanager",),
-        lambda transport, settings: _secrets_manager_resolver(transport),
+        lambda transport, settings: _secrets_manager_resolver(transport, settings),
     ),
 }
 
@@ -61,10 +61,10 @@ def _sealed_resolver(transport: Transport, settings: Settings) -> Resolver[Any]:
     return SealedResolver(transport, settings)
 
 
-def _secrets_manager_resolver(transport: Transport) -> Resolver[Any]:
+def _secrets_manager_resolver(transport: Transport, settings: Settings) -> Resolver[Any]:
     from secretboot._secretsmanager import SecretsManagerResolver
 
-    return SecretsManagerResolver(transport)
+    return SecretsManagerResolver(transport, settings.secrets_manager_paths)
 
 
 def resolve(

@@ -11,6 +11,7 @@ from secretboot import _transport as t
 from secretboot._errors import Failure
 from secretboot._outcome import Outcome, Task, decode
 from secretboot._reference import SecretsManagerReference
+from secretboot._settings import SECRETS_MANAGER_PATHS, allowed
 
 BATCH_SIZE = 20  # the API's limit on SecretIdList
 
@@ -24,8 +25,12 @@ _Readers = Mapping[str, SecretsManagerReference]
 
 
 class SecretsManagerResolver:
-    def __init__(self, transport: t.Transport) -> None:
+    def __init__(self, transport: t.Transport, allowlist: tuple[str, ...] | None = None) -> None:
         self._transport = transport
+        # SECRETBOOT_SECRETS_MANAGER_PATHS, checked again against the name AWS returns: an
+        # ARN's last six characters may be the random suffix or part of the name, and
+        # only the answer tells which.
+        self._allowlist = allowlist
 
     def plan(self, refs: _Readers) -> list[Task]:
         """Current versions in batches of distinct ids; each pinned version on its own."""
@@ -65,7 +70,7 @@ class SecretsManagerResolver:
         for secret_id, readers in chunk.items():
             secret = next((s for s in answer.found if _answers(s, secret_id)), None)
             if secret is not None:
-                _extract(outcome, secret, readers)
+                self._extract(outcome, secret, readers)
             elif secret_id in errors:
                 error = errors[secret_id]
                 _fail(outcome, readers, error.reason, _DETAILS.get(error.reason, error.detail))
@@ -85,8 +90,14 @@ class SecretsManagerResolver:
         except t.TransportError as exc:
             _fail(outcome, readers, exc.reason, _DETAILS.get(exc.reason, exc.detail))
             return outcome
-        _extract(outcome, secret, readers)
+        self._extract(outcome, secret, readers)
         return outcome
+
+    def _extract(self, outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
+        if self._allowlist is not None and not allowed(secret.name, self._allowlist):
+            _fail(outcome, readers, "NotAllowed", f"the secret's name is outside {SECRETS_MANAGER_PATHS}")
+            return
+        _extract(outcome, secret, readers)
 
 
 def _answers(secret: t.Secret, secret_id: str) -> bool:

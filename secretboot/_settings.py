@@ -50,7 +50,16 @@ class KmsSettings:
 class Settings:
     """Everything the resolvers need, read once from the environment being booted."""
 
-    __slots__ = ("aws", "binary_vars", "data_key", "kms", "local_key_file", "timeout", "transport")
+    __slots__ = (
+        "aws",
+        "binary_vars",
+        "data_key",
+        "kms",
+        "local_key_file",
+        "secrets_manager_paths",
+        "timeout",
+        "transport",
+    )
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.kms = kms_settings(env)
@@ -68,6 +77,7 @@ class Settings:
         self.timeout = _timeout(env)
         # Variables whose plaintext is bytes, not text: base64 in the keyring, raw via as_bytes().
         self.binary_vars = names(env, BINARY_VARS)
+        self.secrets_manager_paths = allowlist(env, SECRETS_MANAGER_PATHS)
         self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
