@@ -33,12 +33,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import hashlib
 import json
 import math
 import os
 import platform
-import secrets
 import select
 import signal
 import statistics
@@ -53,6 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from run import SecretSet
+
     from tests.awsproxy import AwsProxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,15 +85,6 @@ CONTENDERS = (
     FleetContender("secretboot-sealed", "fleet_secretboot.py", sealed=True),
     FleetContender("boto3_loop", "fleet_boto3_loop.py"),
 )
-
-
-@dataclass(frozen=True)
-class App:
-    """One application's secrets, as references and as sealed values."""
-
-    references: dict[str, str]  # variable -> "kms:..." or "ssm:..."
-    sealed: dict[str, str]  # variable -> "sealed:...", and SECRETBOOT_DATA_KEY
-    expected: str  # the digest every successful start reports
 
 
 @dataclass
@@ -130,41 +121,25 @@ class FleetResult:
         return sum(self.throttled.values())
 
 
-def create_app(moto_url: str) -> App:
-    """5 KMS ciphertexts and 15 SSM SecureStrings, and the same plaintexts sealed."""
-    import boto3.session
-    from run import CREDENTIALS, REGION, seal
+def create_app(moto_url: str) -> SecretSet:
+    """5 KMS ciphertexts and 15 SSM SecureStrings, and the same plaintexts sealed.
 
-    session = boto3.session.Session(
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=REGION,
-    )
-    # Straight to moto, not through the proxy: set-up is neither throttled nor counted.
-    kms = session.client("kms", endpoint_url=moto_url)
-    ssm = session.client("ssm", endpoint_url=moto_url)
-    key_id = kms.create_key(Description="secretboot fleet")["KeyMetadata"]["KeyId"]
-    references: dict[str, str] = {}
-    plaintexts: dict[str, str] = {}
-    for i in range(KMS_SECRETS + SSM_SECRETS):
-        plaintext = secrets.token_urlsafe(24)
-        if i < KMS_SECRETS:
-            variable = f"FLEET_KMS_{i:02d}"
-            blob = kms.encrypt(KeyId=key_id, Plaintext=plaintext.encode())["CiphertextBlob"]
-            references[variable] = "kms:" + base64.b64encode(blob).decode()
-        else:
-            variable = f"FLEET_SSM_{i:02d}"
-            name = f"/fleet/app/secret-{i:02d}"
-            ssm.put_parameter(Name=name, Value=plaintext, Type="SecureString")
-            references[variable] = "ssm:" + name
-        plaintexts[variable] = plaintext
+    bench/run.py's secret set for N=20 (a quarter KMS), straight to moto: set-up is neither
+    throttled nor counted.
+    """
+    from run import create_secrets
+
+    app = create_secrets(moto_url, [KMS_SECRETS + SSM_SECRETS])[KMS_SECRETS + SSM_SECRETS]
     # moto's first call of each operation is slow (about 150 ms): pay it here, not in a fleet.
-    kms.decrypt(CiphertextBlob=base64.b64decode(references["FLEET_KMS_00"][4:]))
-    ssm.get_parameters(Names=[f"/fleet/app/secret-{KMS_SECRETS:02d}"], WithDecryption=True)
-    ssm.get_parameter(Name=f"/fleet/app/secret-{KMS_SECRETS:02d}", WithDecryption=True)
-    lines = sorted(f"{name}={value}" for name, value in plaintexts.items())
-    expected = f"{len(lines)} {hashlib.sha256(chr(10).join(lines).encode()).hexdigest()}"
-    return App(references, seal(kms, key_id, plaintexts), expected)
+    from tests.localaws import client
+
+    kms, ssm = client(moto_url, "kms"), client(moto_url, "ssm")
+    blob = next(v for v in app.references.values() if v.startswith("kms:"))
+    kms.decrypt(CiphertextBlob=base64.b64decode(blob[4:]))
+    name = next(v for v in app.references.values() if v.startswith("ssm:"))[4:]
+    ssm.get_parameters(Names=[name], WithDecryption=True)
+    ssm.get_parameter(Name=name, WithDecryption=True)
+    return app
 
 
 @dataclass(frozen=True)
@@ -431,21 +406,12 @@ def markdown_report(results: Sequence[FleetResult], meta: Mapping[str, Any]) -> 
 def metadata(args: argparse.Namespace, quotas: Quotas) -> dict[str, Any]:
     from importlib.metadata import version
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (git from PATH)
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    from run import git_commit
+
     return {
         "command": "python bench/fleet.py " + " ".join(args.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": commit,
+        "commit": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

@@ -495,6 +495,21 @@ def plot(rows: Sequence[Row], path: str, latencies: Sequence[float]) -> None:
     plt.close(fig)
 
 
+def git_commit() -> str:
+    """The checkout's commit, marked -dirty when it has changes, for the report's header."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"],  # noqa: S607 (git from PATH)
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def metadata(args: argparse.Namespace) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -504,17 +519,7 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = "missing"
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],  # noqa: S607 (git from PATH)
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = git_commit()
     return {
         "command": "python bench/run.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
