@@ -58,12 +58,6 @@ EXIT_CODES = f"""exit codes:
   {INTERRUPTED}  interrupted
 """
 
-# bootstrap() reads .env files with python-dotenv's ${VAR} expansion; a protected value
-# would be frozen as the unexpanded text, so the app would see something else.
-_EXPANDS = (
-    "{name} in {path} uses ${{VAR}} expansion, which {what} would freeze as the literal text; "
-    "write the value out in full first"
-)
 KMS_PLAINTEXT_LIMIT = 4096  # bytes KMS Encrypt accepts
 SEALED_MAX_PLAINTEXT = SEALED_MAX_BLOB - SEALED_OVERHEAD
 DEFAULT_ENV_FILE = ".env"
@@ -319,13 +313,7 @@ def _migrate(args: argparse.Namespace) -> int:
     name: str = args.name
     env_file = _open_env_file(args.env_file, create=args.from_env)
     in_file = env_file.get(name)  # also refuses a file that sets NAME twice: which one wins is unclear
-    if not args.from_env and env_file.expands(name):
-        raise UsageError(_EXPANDS.format(name=name, path=env_file.path, what="wrapping"))
-    if env_file.expanded_in(name):
-        users = ", ".join(env_file.expanded_in(name))
-        raise UsageError(
-            f"{name} is expanded into {users} as ${{{name}}}; wrapped, they would get ciphertext"
-        )
+    _refuse_expansion(env_file, name, "wrapping", own=not args.from_env)
     plaintext = os.environ.get(name) if args.from_env else in_file
     where = "the environment" if args.from_env else env_file.path
     if plaintext is None:
@@ -365,6 +353,22 @@ def _migrate(args: argparse.Namespace) -> int:
         )
     _next_steps(name, list(updates), env_file.path, context, args.from_env)
     return OK
+
+
+def _refuse_expansion(env_file: EnvFile, name: str, what: str, *, own: bool = True) -> None:
+    """bootstrap() reads .env files with python-dotenv's ${VAR} expansion, before resolving:
+    a protected value that uses it, or that others expand, would reach the app changed."""
+    if own and env_file.expands(name):
+        raise UsageError(
+            f"{name} in {env_file.path} uses ${{VAR}} expansion, which {what} would freeze as the "
+            "literal text; write the value out in full first"
+        )
+    users = env_file.expanded_in(name)
+    if users:
+        raise UsageError(
+            f"{name} is expanded into {', '.join(users)} as ${{{name}}}, which {what} would turn "
+            "into ciphertext there"
+        )
 
 
 def _check_plaintext(name: str, plaintext: str, *, to_ssm: bool, ssm_option: str) -> None:
@@ -662,13 +666,7 @@ def _names_to_seal(env_file: EnvFile, names: Sequence[str]) -> list[str]:
             raise UsageError(f"{name} is not set in {env_file.path}")
         if not value:
             raise UsageError(f"{name} is empty in {env_file.path}; there is nothing to seal")
-        if env_file.expands(name):
-            raise UsageError(_EXPANDS.format(name=name, path=env_file.path, what="sealing"))
-        if env_file.expanded_in(name):
-            users = ", ".join(env_file.expanded_in(name))
-            raise UsageError(
-                f"{name} is expanded into {users} as ${{{name}}}; sealed, they would get the sealed text"
-            )
+        _refuse_expansion(env_file, name, "sealing")
     chosen = []
     for name in names or env_file.names():
         value = env_file.get(name) or ""
