@@ -97,7 +97,7 @@ class SecretsManagerResolver:
         if self._allowlist is not None and not allowed(secret.name, self._allowlist):
             _fail(outcome, readers, "NotAllowed", f"the secret's name is outside {SECRETS_MANAGER_PATHS}")
             return
-        _extract(outcome, secret, readers)
+        _read_values(outcome, secret, readers)
 
 
 def _answers(secret: t.Secret, secret_id: str) -> bool:
@@ -108,7 +108,8 @@ def _answers(secret: t.Secret, secret_id: str) -> bool:
     return secret_id.startswith("arn:") and secret.arn[:-7] == secret_id and secret.arn[-7:-6] == "-"
 
 
-def _extract(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
+def _read_values(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
+    """Each reader's value: the whole secret, or its JSON key."""
     for variable, ref in readers.items():
         if ref.json_key is None:
             if secret.string is not None:
