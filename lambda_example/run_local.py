@@ -161,6 +161,13 @@ def _run(stack: ExitStack, out: Output) -> None:
     except (RuntimeError, TimeoutError) as exc:
         raise Failed(f"the function did not start: {exc}") from None
     init_calls = proxy.counts()
+    # The runtime's output comes through a pipe read by another thread, which may lag the
+    # first /invocation/next a little: wait for the two lines read below.
+    try:
+        runtime.wait_for_output('"message":"secrets resolved"', TIMEOUT)
+        runtime.wait_for_output(" API calls ", TIMEOUT)
+    except TimeoutError:
+        pass  # reported by name just below
 
     resolved = _json_line(runtime, "secrets resolved")["resolved"]
     out.row("resolved", ", ".join(f"{name} ({kind})" for name, kind in sorted(resolved.items())))
