@@ -1,9 +1,13 @@
 """Editing a ``.env`` file in place: one variable's line changes, every other byte stays.
 
 Parsing is python-dotenv's; each binding keeps its original text, so the file is
-rebuilt from the originals with only the chosen bindings rewritten. Writes are
-atomic (a temporary file in the same folder, then ``os.replace``) and keep the
-file's mode; a new file gets 0600. Nothing here logs or reports a value.
+rebuilt from the originals with only the chosen bindings rewritten, a UTF-8
+byte-order mark included. Writes are atomic (a temporary file in the folder of the
+real file, then ``os.replace``): a symbolic link is written through and stays a link,
+and the file keeps its owner, group and mode (a new file gets 0600). What cannot be
+written that way is refused, the file left as it was: a dangling link, something other
+than a regular file, a file with other hard links, an owner that cannot be kept, a file
+changed since it was read. Nothing here logs or reports a value.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from collections.abc import Mapping
 from secretboot._errors import SecretbootError
 
 NEW_FILE_MODE = 0o600
+BOM = "\ufeff"
+
+# What a file looked like when it was read: (device, inode, size, mtime in ns); () for "absent".
+Identity = tuple[int, ...]
+ABSENT: Identity = ()
 
 
 class EnvFileError(SecretbootError):
@@ -37,7 +46,12 @@ class EnvFile:
 
         self.path = os.fspath(path)
         self.exists = exists
+        # A UTF-8 byte-order mark is kept aside and put back by with_values(): older
+        # python-dotenv releases would read it as part of the first name.
+        self._bom = BOM if text.startswith(BOM) else ""
+        text = text[len(self._bom) :]
         self._text = text
+        self._read_as: Identity | None = None
         bindings = list(parse_stream(io.StringIO(text)))
         self._chunks = [(b.key, b.original.string) for b in bindings]
         self._values = {b.key: b.value for b in bindings if b.key is not None}
@@ -51,10 +65,14 @@ class EnvFile:
         reason = ""
         try:
             with open(path, encoding="utf-8", newline="") as handle:
-                return cls(path, handle.read(), exists=True)
+                env_file = cls(path, handle.read(), exists=True)
+                env_file._read_as = _identity(os.fstat(handle.fileno()))
+                return env_file
         except FileNotFoundError:
             if missing_ok:
-                return cls(path, "", exists=False)
+                env_file = cls(path, "", exists=False)
+                env_file._read_as = ABSENT
+                return env_file
             reason = "no such file"
         except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
             reason = f"cannot be read ({type(exc).__name__})"
@@ -111,11 +129,15 @@ class EnvFile:
             if text and not text.endswith(("\n", "\r")):
                 text += newline
             text += "".join(f"{key}={value}{newline}" for key, value in pending.items())
-        return text
+        return self._bom + text
 
     def write(self, text: str) -> None:
-        """Replace the file atomically with ``text``, keeping its mode (0600 when new)."""
-        write_atomic(self.path, text)
+        """Replace the file atomically with ``text``; see ``write_atomic``.
+
+        Refused if the file changed (or appeared) since ``load`` read it: the text was
+        built from what was read, and writing it would undo the other change.
+        """
+        write_atomic(self.path, text, expected=self._read_as)
 
 
 def _rewrite(original: str, key: str, value: str) -> str:
@@ -143,35 +165,118 @@ def _rewrite(original: str, key: str, value: str) -> str:
     raise EnvFileWriteError(f"cannot rewrite the line that sets {key!r} so that it reads back")
 
 
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+def write_atomic(path: str | os.PathLike[str], text: str, *, expected: Identity | None = None) -> None:
+    """Write ``text`` to ``path`` via a temporary file beside the real file and ``os.replace``.
 
-    On any failure the original file is untouched and the temporary file removed.
+    A symbolic link (or a chain of them) is resolved and the file it names replaced, so the
+    link stays a link. The new file gets the old one's owner, group and mode (0600 when
+    there was none). Refused, with ``EnvFileWriteError``: a dangling or looping link,
+    something other than a regular file, a file with several hard links (replacing one name
+    would leave the old content under the others), an owner or group that cannot be kept,
+    and a file that is not ``expected`` (see ``EnvFile.write``) or changes while being
+    written. On any failure the original file is untouched and the temporary file removed.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    target, before = _real_file(path)
+    where = _where(path, target)
+    if expected is not None and (ABSENT if before is None else _identity(before)) != expected:
+        raise EnvFileWriteError(f"{where}: changed since it was read; not written, run the command again")
+    folder = os.path.dirname(target)
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = NEW_FILE_MODE
-    try:
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     except OSError as exc:
-        raise EnvFileWriteError(f"{path}: cannot write in its folder ({type(exc).__name__})") from None
+        raise EnvFileWriteError(f"{where}: cannot write in its folder ({type(exc).__name__})") from None
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            if before is None:
+                os.fchmod(handle.fileno(), NEW_FILE_MODE)
+            else:
+                _keep_owner(handle.fileno(), before, where)
+                # After fchown, which may clear the set-user-ID and set-group-ID bits.
+                os.fchmod(handle.fileno(), stat.S_IMODE(before.st_mode))
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+        if not _unchanged(path, target, before):
+            raise EnvFileWriteError(f"{where}: changed while it was being written; not written")
+        os.replace(temp, target)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise EnvFileWriteError(f"{path}: cannot be written ({type(exc).__name__})") from None
+            raise EnvFileWriteError(f"{where}: cannot be written ({type(exc).__name__})") from None
         raise
     _fsync_folder(folder)
+
+
+def _identity(info: os.stat_result) -> Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _where(path: str, target: str) -> str:
+    return path if target == os.path.abspath(path) else f"{path} (-> {target})"
+
+
+def _real_file(path: str) -> tuple[str, os.stat_result | None]:
+    """The absolute path of the file ``path`` names, symbolic links resolved, and its status.
+
+    ``None`` for a file that does not exist yet (a dangling link is not that). Raises
+    ``EnvFileWriteError`` for what ``write_atomic`` must not replace. (The OS errors
+    suppressed below carry a file name at most, never content.)
+    """
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return os.path.abspath(path), None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise EnvFileWriteError(f"{path}: cannot be examined ({type(exc).__name__}); not written") from None
+    try:
+        target = os.path.realpath(path, strict=True)
+        info = os.stat(target)
+    except OSError as exc:
+        raise EnvFileWriteError(
+            f"{path}: a symbolic link whose target is missing or cannot be resolved "
+            f"({type(exc).__name__}); not written"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise EnvFileWriteError(f"{_where(path, target)}: not a regular file; not written")
+    if info.st_nlink > 1:
+        raise EnvFileWriteError(
+            f"{_where(path, target)}: has {info.st_nlink} hard links; replacing it would leave "
+            "the old content under the other names (keep one name, or use a symbolic link); not written"
+        )
+    return target, info
+
+
+def _keep_owner(fd: int, before: os.stat_result, where: str) -> None:
+    now = os.fstat(fd)
+    if (now.st_uid, now.st_gid) == (before.st_uid, before.st_gid):
+        return
+    try:
+        os.fchown(fd, before.st_uid, before.st_gid)
+    except PermissionError:
+        owner = f"{before.st_uid}:{before.st_gid}"
+        raise EnvFileWriteError(
+            f"{where}: cannot keep its owner and group ({owner}); run as its owner, or as root"
+        ) from None
+
+
+def _unchanged(path: str, target: str, before: os.stat_result | None) -> bool:
+    """Does ``path`` still name ``target``, as it was (or still nothing)?
+
+    This narrows the window for a concurrent change to the moment between this check and
+    ``os.replace``; POSIX offers no rename that compares first.
+    """
+    try:
+        now_target, now = _real_file(path)
+    except EnvFileWriteError:
+        return False
+    if now_target != target or (now is None) != (before is None):
+        return False
+    if now is None or before is None:
+        return True
+    fields = ("st_dev", "st_ino", "st_nlink", "st_uid", "st_gid", "st_mode", "st_size", "st_mtime_ns")
+    return all(getattr(now, name) == getattr(before, name) for name in fields)
 
 
 def _fsync_folder(folder: str) -> None:
