@@ -375,3 +375,26 @@ def test_file_changed_while_being_written_is_refused(tmp_path: Path, monkeypatch
         write_atomic(path, "SECRET_KEY=kms:AAAA\n")
     assert path.read_bytes() == ORIGINAL.encode() + b"\nADDED=x\n"
     assert _all_files(tmp_path) == [".env"]
+
+
+def test_owner_that_cannot_be_kept_is_refused_for_a_real_user(tmp_path: Path) -> None:
+    # The same, without a stand-in: this process turns into "nobody" for the write.
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to other users
+    try:
+        folder.chmod(0o777)
+        path = _file(folder, mode=0o666)
+        os.chown(path, 4242, 4444)
+        env = EnvFile.load(path)
+        os.seteuid(65534)
+        try:
+            with pytest.raises(EnvFileWriteError, match=r"owner and group \(4242:4444\)"):
+                env.write(env.with_values({"SECRET_KEY": "kms:AAAA"}))
+        finally:
+            os.seteuid(0)
+        assert path.read_bytes() == ORIGINAL.encode()
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4444)
+        assert _all_files(folder) == [".env"]
+    finally:
+        for leftover in folder.iterdir():
+            leftover.unlink()
+        folder.rmdir()
