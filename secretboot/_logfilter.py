@@ -109,16 +109,15 @@ class _Masker:
     __slots__ = ("long", "short")
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
-        names: dict[str, list[str]] = {}
+        self.long: list[tuple[str, tuple[str, ...]]] = []  # a value twice: two entries, one span
+        self.short: dict[str, tuple[str, ...]] = {}
         for name, value in items:
-            if isinstance(value, str) and value.strip():
-                names.setdefault(value, []).append(name)
-        self.long = [
-            (value, tuple(found)) for value, found in names.items() if len(value) >= MIN_SUBSTRING_LENGTH
-        ]
-        self.short = {
-            value: tuple(found) for value, found in names.items() if len(value) < MIN_SUBSTRING_LENGTH
-        }
+            if not isinstance(value, str) or not value or value.isspace():
+                continue
+            if len(value) >= MIN_SUBSTRING_LENGTH:
+                self.long.append((value, (name,)))
+            else:
+                self.short[value] = (*self.short.get(value, ()), name)
 
     def __bool__(self) -> bool:
         return bool(self.long or self.short)
@@ -141,7 +140,7 @@ class _Masker:
         parts: list[str] = []
         position = 0
         group_names: list[str] = []
-        group_start, group_end = spans[0][0], -1
+        group_start, group_end, last = spans[0][0], -1, -1
         for start, end, names in spans:
             if start >= group_end and group_end != -1:
                 parts += [text[position:group_start], _label(group_names)]
@@ -149,7 +148,9 @@ class _Masker:
                 group_start, group_names = start, []
             if end > group_end:  # not inside an earlier occurrence: a value of its own
                 group_names += names
-                group_end = end
+                group_end, last = end, start
+            elif end == group_end and start == last:  # the same text under another name
+                group_names += names
         parts += [text[position:group_start], _label(group_names), text[group_end:]]
         return "".join(parts)
 
@@ -214,13 +215,15 @@ def _mask_message(record: logging.LogRecord, masker: _Masker) -> None:
 
 def _short_args(args: object, masker: _Masker) -> object:
     """``args`` with each string argument equal to a short value masked; ``args`` if none is."""
-    if isinstance(args, Mapping):
-        masked_map = {key: _short(value, masker) for key, value in args.items()}
-        same = all(masked_map[key] is value for key, value in args.items())
-        return args if same else masked_map
+    short = masker.short
     if isinstance(args, tuple):
-        masked_tuple = tuple(_short(arg, masker) for arg in args)
-        return args if all(a is b for a, b in zip(args, masked_tuple, strict=True)) else masked_tuple
+        if not any(isinstance(arg, str) and arg in short for arg in args):
+            return args
+        return tuple(_short(arg, masker) for arg in args)
+    if isinstance(args, Mapping):
+        if not any(isinstance(value, str) and value in short for value in args.values()):
+            return args
+        return {key: _short(value, masker) for key, value in args.items()}
     return args
 
 

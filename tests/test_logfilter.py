@@ -458,3 +458,129 @@ def test_whitespace_only_values_are_never_masked(make_logger: object, blank: str
     log.logger.info("a line%swith spaces", blank, extra={"field": blank})
     assert "masked" not in log.text
     assert f"a line{blank}with spaces|{blank}" in log.text
+
+
+# -- bounds, shapes and what stays as it was ------------------------------------------------------
+
+
+def test_past_the_bound_the_chain_is_cut_off_not_passed_through(
+    make_logger: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secretboot import _logfilter
+
+    monkeypatch.setattr(_logfilter, "_MAX_EXCEPTIONS", 5)
+    log = _log(make_logger)
+    error = RuntimeError("clean end")  # the tail holds nothing, but past the bound it is not read
+    error.__cause__ = ValueError(f"holds {CANARY}")
+    log.logger.error("failed", exc_info=_wrap(error, depth=10))
+    assert CANARY not in log.text
+    assert "clean end" not in log.text
+    assert "[masked: exceptions past the first 5 not shown]" in log.text
+    assert "RuntimeError: level 9" in log.text
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="BaseExceptionGroup is new in 3.11")
+def test_a_base_exception_group_and_a_member_seen_twice(make_logger: object) -> None:
+    log = _log(make_logger)
+    member = KeyError(CANARY)
+    group = BaseExceptionGroup("stop", [KeyboardInterrupt(f"by {CANARY}"), member, member])  # noqa: F821
+    log.logger.error("failed", exc_info=group)
+    assert CANARY not in log.text
+    assert f"KeyboardInterrupt: by {MASK}" in log.text
+    assert log.text.count(f"KeyError: '{MASK}'") == 2
+    assert "BaseExceptionGroup: stop (3 sub-exceptions)" in log.text
+
+
+def test_an_exception_without_secrets_is_passed_on_as_it_is(make_logger: object) -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log = _log(make_logger)
+    keep = Keep()
+    keep.addFilter(SecretFilter({"TOKEN": CANARY}))
+    log.logger.addHandler(keep)
+    error = _wrap(ValueError("clean"), depth=20)
+    log.logger.error("failed", exc_info=error)
+    assert seen[0].exc_info is not None
+    assert seen[0].exc_info[1] is error
+    try:
+        raise _wrap(ValueError(f"dirty {CANARY}"), depth=2)
+    except RuntimeError as dirty:
+        log.logger.exception("failed")
+        assert seen[1].exc_info is not None
+        standin = seen[1].exc_info[1]
+        assert standin is not dirty
+        assert type(standin).__name__ == "RuntimeError"
+        assert seen[1].exc_info[0] is type(standin)
+        assert standin is not None
+        assert standin.__traceback__ is dirty.__traceback__
+
+
+def test_containers_keep_their_type_and_clean_objects_stay_untouched(make_logger: object) -> None:
+    from collections import namedtuple
+
+    Point = namedtuple("Point", "x y")
+    clean = Point(1, 2)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log = _log(make_logger, fmt="%(message)s | %(point)s | %(clean)s")
+    keep = Keep()
+    keep.addFilter(SecretFilter({"TOKEN": CANARY}))
+    log.logger.addHandler(keep)
+    log.logger.info("shapes", extra={"point": Point(CANARY, 2), "clean": clean})
+    assert CANARY not in log.text
+    assert f"shapes | Point(x='{MASK}', y=2) | Point(x=1, y=2)" in log.text
+    assert seen[0].__dict__["clean"] is clean
+
+
+def test_an_object_whose_repr_alone_holds_a_secret_is_replaced(make_logger: object) -> None:
+    class Sneaky:
+        def __str__(self) -> str:
+            return "sneaky"
+
+        def __repr__(self) -> str:
+            return f"Sneaky({CANARY})"
+
+    log = _log(make_logger, fmt="%(message)s | %(obj)s | %(items)s")
+    log.logger.info("objects", extra={"obj": Sneaky(), "items": [Sneaky()]})
+    assert CANARY not in log.text
+    assert "objects | sneaky | ['sneaky']" in log.text
+
+
+def test_a_dict_message_is_masked_inside(make_logger: object) -> None:
+    log = _log(make_logger, {"TOKEN": CANARY, "PIN": "4711"})
+    log.logger.info({"token": f"Bearer {CANARY}", "pin": "4711", "count": 4711})
+    assert CANARY not in log.text
+    assert f"{{'token': 'Bearer {MASK}', 'pin': '[masked:PIN]', 'count': 4711}}" in log.text
+
+
+def test_the_default_reads_the_booted_keyring_at_each_record(
+    make_logger: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secretboot import _bootstrap
+    from secretboot._keyring import Keyring
+    from secretboot._reference import parse_reference
+
+    reference = parse_reference("ssm:/app/token")
+    assert reference is not None
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(SecretFilter())
+    logger = logging.getLogger("test_logfilter.keyring")
+    logger.handlers = [handler]
+    logger.propagate = False
+    try:
+        logger.warning("before %s", CANARY)  # nothing booted: nothing to mask
+        monkeypatch.setattr(_bootstrap._state, "keyring", Keyring({"TOKEN": CANARY}, {"TOKEN": reference}))
+        logger.warning("after %s", CANARY)
+    finally:
+        logger.handlers = []
+    assert stream.getvalue().splitlines() == [f"before {CANARY}", f"after {MASK}"]
