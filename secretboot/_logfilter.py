@@ -323,7 +323,7 @@ class _Shown:
     def __init__(self, exc: BaseException, masker: _Masker) -> None:
         raw_notes = getattr(exc, "__notes__", None)
         notes: list[object] = list(raw_notes) if isinstance(raw_notes, (list, tuple)) else []
-        printed = [getattr(exc, name, None) for name in _PRINTED]
+        printed = [_attribute(exc, name) for name in _PRINTED]
         # A short value that is a whole field of this exception is masked anywhere in its text.
         also = masker.whole([*exc.args, *notes, *printed])
 
@@ -345,6 +345,13 @@ class _Shown:
             self.source, self.filename, self.msg = mask(exc.text), mask(exc.filename), mask(exc.msg)
         elif _is_group(exc):
             self.msg = mask(getattr(exc, "message", ""))
+
+
+def _attribute(exc: BaseException, name: str) -> object:
+    try:
+        return getattr(exc, name, None)
+    except Exception:  # a property that fails: traceback does not print it either
+        return None
 
 
 def _exception_text(exc: BaseException, masker: _Masker) -> str | None:

@@ -584,3 +584,15 @@ def test_the_default_reads_the_booted_keyring_at_each_record(
     finally:
         logger.handlers = []
     assert stream.getvalue().splitlines() == [f"before {CANARY}", f"after {MASK}"]
+
+
+def test_an_exception_with_a_failing_property_is_still_masked(make_logger: object) -> None:
+    class Response(Exception):
+        @property
+        def text(self) -> str:
+            raise RuntimeError("body already consumed")
+
+    log = _log(make_logger)
+    log.logger.error("failed", exc_info=_wrap(Response(f"status 401 for {CANARY}"), depth=1))
+    assert CANARY not in log.text
+    assert f"Response: status 401 for {MASK}" in log.text
