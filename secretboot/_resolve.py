@@ -10,7 +10,7 @@ from secretboot import _transport as t
 from secretboot._errors import ConfigurationError, Failure
 from secretboot._kms import KmsResolver
 from secretboot._outcome import Outcome, Task
-from secretboot._reference import Reference
+from secretboot._reference import Reference, is_reference
 from secretboot._settings import BINARY_VARS, TIMEOUT, TRANSPORT, Settings
 from secretboot._ssm import SsmResolver
 from secretboot._transport import Deadline
@@ -97,6 +97,7 @@ def resolve(
             Failure(v, ref.kind, ref.target, t.TIMEOUT, detail) for v, ref in task.refs.items()
         )
     _text_and_bytes(outcome, refs, settings.binary_vars)
+    _never_twice(outcome, refs)
     outcome.retries = transport.retries
     if outcome.calls:
         outcome.transport = transport.name  # not for sealed values under a local key: no AWS
@@ -124,6 +125,28 @@ def _text_and_bytes(outcome: Outcome, refs: Mapping[str, Reference], binary_vars
     for variable, plaintext in outcome.binary.items():
         # The mapping holds text: binary plaintext shows there as standard base64.
         outcome.values[variable] = base64.b64encode(plaintext).decode("ascii")
+
+
+RESOLVED_TO_REFERENCE = "ResolvedToReference"
+
+
+def _never_twice(outcome: Outcome, refs: Mapping[str, Reference]) -> None:
+    """A resolved value that is itself a reference fails, naming the variable only.
+
+    Else whoever can write one harmless parameter could plant ``kms:<someone else's
+    ciphertext>`` or ``ssm:/their/secret`` there: exported, or inherited by a child of
+    ``secretboot exec``, the plaintext would be read as a reference and resolved with
+    this process's credentials. The test is the one a child makes on each variable
+    (binary values as the base64 text the mapping and the environment hold), so nothing
+    this returns is ever resolved again, here or in a child.
+    """
+    detail = "the resolved value is itself a reference; secretboot never resolves a value twice"
+    for variable in [v for v, value in outcome.values.items() if is_reference(value)]:
+        del outcome.values[variable]
+        outcome.binary.pop(variable, None)
+        outcome.key_ids.pop(variable, None)
+        ref = refs[variable]
+        outcome.failures.append(Failure(variable, ref.kind, ref.target, RESOLVED_TO_REFERENCE, detail))
 
 
 def _encodable(value: str) -> bool:
