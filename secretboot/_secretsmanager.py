@@ -120,13 +120,12 @@ def _read_values(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
         if secret.string is None:
             _fail(outcome, {variable: ref}, "NotJson", "the secret is binary; drop '#KEY' to read it whole")
             continue
-        try:
-            # A number comes back as written ("1.10" stays "1.10"); NaN and Infinity are not JSON.
-            document = json.loads(secret.string, parse_float=_Number, parse_int=_Number, parse_constant=_nan)
-        except (ValueError, RecursionError):
-            document = None
-        if not isinstance(document, dict):
-            _fail(outcome, {variable: ref}, "NotJson", "the secret is not a JSON object; drop the JSON key")
+        # Each failure below is this variable's alone: other variables reading the secret,
+        # and the other secrets of the batch, still resolve. No detail quotes the value,
+        # and nothing is raised (an exception's arguments could hold the data).
+        document, problem = _document(secret.string)
+        if document is None:
+            _fail(outcome, {variable: ref}, *problem)
             continue
         if ref.json_key not in document:
             _fail(outcome, {variable: ref}, "JsonKeyNotFound", f"the secret has no JSON key {ref.json_key!r}")
@@ -134,12 +133,50 @@ def _read_values(outcome: Outcome, secret: t.Secret, readers: _Readers) -> None:
         value = document[ref.json_key]
         if isinstance(value, str):  # a string, or a number as written
             outcome.values[variable] = str(value)
-        else:  # true, false, null, an object or a list: as JSON text
-            plain = json.loads(secret.string)[ref.json_key]  # numbers as numbers again
-            try:
-                outcome.values[variable] = json.dumps(plain, ensure_ascii=False, allow_nan=False)
-            except ValueError:  # a number too large for a float, inside an object or list
-                _fail(outcome, {variable: ref}, "NotJson", "the value holds a number out of range")
+            continue
+        text, problem = _as_json_text(secret.string, ref.json_key)
+        if text is None:
+            _fail(outcome, {variable: ref}, *problem)
+        else:
+            outcome.values[variable] = text
+
+
+INVALID_JSON = "InvalidJson"
+_NOT_AN_OBJECT = ("NotJson", "the secret is not a JSON object; drop the JSON key")
+_TOO_DEEP = (INVALID_JSON, "the secret's JSON is nested too deeply to read")
+_TOO_LONG = (INVALID_JSON, "the secret's JSON has a number too long to read")
+_OUT_OF_RANGE = ("NotJson", "the value holds a number out of range")
+
+
+def _document(text: str) -> tuple[dict[str, object] | None, tuple[str, str]]:
+    """The JSON object in ``text``, numbers kept as written; or (None, (reason, detail))."""
+    try:
+        # NaN and Infinity are not JSON.
+        document = json.loads(text, parse_float=_Number, parse_int=_Number, parse_constant=_nan)
+    except RecursionError:  # caught here, so the error never leaves with the text in its frames
+        return None, _TOO_DEEP
+    except ValueError:
+        return None, _NOT_AN_OBJECT
+    return (document, ("", "")) if isinstance(document, dict) else (None, _NOT_AN_OBJECT)
+
+
+def _as_json_text(text: str, key: str) -> tuple[str | None, tuple[str, str]]:
+    """True, false, null, an object or a list under ``key``: as strict JSON text, numbers as numbers.
+
+    Returns (text, ("", "")) or (None, (reason, detail)).
+    """
+    try:
+        plain = json.loads(text)[key]
+    except RecursionError:
+        return None, _TOO_DEEP
+    except ValueError:  # int() refuses more digits than sys.get_int_max_str_digits() (4300)
+        return None, _TOO_LONG
+    try:
+        return json.dumps(plain, ensure_ascii=False, allow_nan=False), ("", "")
+    except RecursionError:
+        return None, _TOO_DEEP
+    except ValueError:  # a number too large for a float (1e400) inside an object or list
+        return None, _OUT_OF_RANGE
 
 
 class _Number(str):

@@ -30,6 +30,8 @@ from secretboot import (
     parse_reference,
 )
 from secretboot._cli import main as cli_main
+from secretboot._resolve import resolve
+from secretboot._settings import Settings
 from tests.awsproxy import AwsProxy, ProxyRequest, ProxyResponse
 from tests.conftest import moto_api
 from tests.localaws import client
@@ -1073,6 +1075,46 @@ def test_huge_json_number_stays_json_text(aws_env: dict[str, str], sm: Any) -> N
         raise ValueError(constant)
 
     json.loads(value, parse_constant=reject)  # strict JSON: no Infinity or NaN
+
+
+def test_json_too_long_or_too_deep_fails_only_its_own_variable(
+    aws_env: dict[str, str], sm: Any, proxy: SmProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 5,000-digit integer (past int()'s limit) or 30,000 levels of nesting (past the
+    recursion limit) fail their own variable; the rest of the batch resolves."""
+    digits = "7" * 5000
+    sm.create_secret(Name="healthy", SecretString=DB_JSON)
+    sm.create_secret(
+        Name="long", SecretString=f'{{"list": [{digits}], "top": {digits}, "user": "{CANARY_USER}"}}'
+    )
+    sm.create_secret(Name="deep", SecretString='{"a": ' + "[" * 30000 + "]" * 30000 + "}")
+    sm.create_secret(Name="deeper", SecretString='{"a": ' + "[" * 100000)  # never closed
+    refs = {
+        "PASSWORD": "secretsmanager:healthy#password",
+        "LIST": "secretsmanager:long#list",
+        "TOP": "secretsmanager:long#top",  # a number alone comes back as written
+        "USER": "secretsmanager:long#user",
+        "DEEP": "secretsmanager:deep#a",
+        "DEEPER": "secretsmanager:deeper#a",
+        "WHOLE": "secretsmanager:deep",  # read whole: no JSON is parsed
+    }
+    parsed = {name: parse_reference(value) for name, value in refs.items()}
+    debug_logging(caplog)
+    outcome = resolve(
+        {name: ref for name, ref in parsed.items() if ref is not None},
+        Settings(via(proxy, aws_env)),
+    )
+    assert sm_counts(proxy) == {BATCH: 1}
+    assert {f.variable: (f.reason, f.detail) for f in outcome.failures} == {
+        "LIST": ("InvalidJson", "the secret's JSON has a number too long to read"),
+        "DEEP": ("InvalidJson", "the secret's JSON is nested too deeply to read"),
+        "DEEPER": ("InvalidJson", "the secret's JSON is nested too deeply to read"),
+    }
+    assert outcome.values["PASSWORD"] == CANARY
+    assert (outcome.values["TOP"], outcome.values["USER"]) == (digits, CANARY_USER)
+    assert outcome.values["WHOLE"].startswith('{"a": [[[')
+    texts = "\n".join(f"{f!r} {f.detail} {f.target}" for f in outcome.failures) + caplog.text
+    assert_no_leak(texts, digits[:40], "[[[[", CANARY, CANARY_USER)
 
 
 def test_json_values_come_back_as_written_or_as_strict_json(aws_env: dict[str, str], sm: Any) -> None:
