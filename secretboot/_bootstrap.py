@@ -7,10 +7,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from secretboot import _settings as s
-from secretboot._errors import BootstrapError, ConfigurationError, Failure, ReferenceSyntaxError
+from secretboot._errors import (
+    BootstrapError,
+    ConfigurationError,
+    Failure,
+    ReferenceSyntaxError,
+    SecretbootError,
+)
 from secretboot._keyring import Keyring
 from secretboot._reference import (
     Reference,
@@ -24,6 +30,11 @@ from secretboot._reference import (
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
 if TYPE_CHECKING:
     import logging
+    from typing import TypeVar
+
+    from dotenv.parser import Binding
+
+    T = TypeVar("T")
 
 LOGGER_NAME = "secretboot"
 NOT_ALLOWED = "NotAllowed"
@@ -73,12 +84,17 @@ def bootstrap(
     ``env_file``: a ``.env`` file to read too (``SECRETBOOT_ENV_FILE``); the
     environment wins over the file.
     ``export``: write resolved plaintext (and the file's values) into
-    ``os.environ`` (``SECRETBOOT_EXPORT``; off by default). ``reset()`` undoes it.
+    ``os.environ`` (``SECRETBOOT_EXPORT``; off by default), all or nothing.
+    ``reset()`` undoes it.
     """
     with _state.lock:
         if _state.keyring is not None and not refresh:
             return _state.keyring
-        return _boot(environ, env_file, export)
+        booted = contained(_boot, environ, env_file, export)
+    del environ  # the caller's mapping holds references: not in the frame that raises
+    if isinstance(booted, SecretbootError):
+        raise booted
+    return booted
 
 
 def getenv(name: str, default: str | None = None) -> str | None:
@@ -88,6 +104,13 @@ def getenv(name: str, default: str | None = None) -> str | None:
     reference the keyring does not have (set after bootstrap) raises
     ``BootstrapError`` rather than handing out ciphertext or a reference.
     """
+    found = contained(_lookup, name)
+    if isinstance(found, SecretbootError):
+        raise found
+    return default if found is None else found
+
+
+def _lookup(name: str) -> str | None:
     with _state.lock:
         keyring = _state.keyring if _state.keyring is not None else bootstrap()
         if name in keyring:
@@ -96,12 +119,39 @@ def getenv(name: str, default: str | None = None) -> str | None:
         if value is None:
             value = _state.file_values.get(name)
         kms_vars = _state.kms_vars
-    if value is None:
-        return default
-    if name in kms_vars or (not name.startswith(_SKIPPED_PREFIXES) and is_reference(value)):
+    if value is not None and (
+        name in kms_vars or (not name.startswith(_SKIPPED_PREFIXES) and is_reference(value))
+    ):
         detail = "set after bootstrap(); call bootstrap(refresh=True)"
         raise BootstrapError([Failure(name, "reference", "-", "NotResolved", detail)])
     return value
+
+
+def contained(work: Callable[..., T], *args: object) -> T | SecretbootError:
+    """``work(*args)``, or the ``SecretbootError`` it raised, for the caller to raise itself.
+
+    Error reporters (Sentry by default) send the locals of every frame in a traceback,
+    and the frames that do the work hold plaintext, references and the keyring. The
+    error comes back without those frames (its own and those of every error chained
+    to it), so the public function raises it from a frame that holds none of that::
+
+        result = contained(_work, name)
+        if isinstance(result, SecretbootError):
+            raise result
+    """
+    try:
+        return work(*args)
+    except SecretbootError as exc:
+        error = exc
+    pending: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if item is not None and id(item) not in seen:
+            seen.add(id(item))
+            item.__traceback__ = None
+            pending += [item.__cause__, item.__context__]
+    return error
 
 
 def reset() -> None:
@@ -136,8 +186,8 @@ def _boot(
 
     outcome = resolve(refs, settings)
     failures.extend(outcome.failures)
-    if do_export:
-        failures.extend(_unexportable({**file_values, **outcome.values}, refs))
+    exports = _exports(file_values, outcome.values) if do_export else {}
+    failures.extend(_unexportable(exports, refs))
     elapsed_ms = (time.perf_counter() - started) * 1000
     calls = sum(outcome.calls.values())
     if failures:
@@ -150,14 +200,17 @@ def _boot(
             elapsed_ms,
         )
         raise error from None
+    if do_export:
+        refused = _export(exports, refs)
+        if refused is not None:
+            _logger().warning("could not export %s: os.environ refused it", ", ".join(refused.variables))
+            raise refused
 
     keyring = _state.keyring
     if keyring is None:
         keyring = Keyring(outcome.values, refs, outcome.binary)
     else:
         keyring._replace(outcome.values, refs, outcome.binary)
-    if do_export:
-        _export(keyring, file_values)
     _state.keyring = keyring
     _state.options = (environ, env_file, export)
     if snapstart is not None:
@@ -237,7 +290,7 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         raise ConfigurationError(f"env file {os.fspath(path)!r} does not exist")
     import io
 
-    from dotenv import dotenv_values
+    from dotenv.main import with_warn_for_invalid_lines
     from dotenv.parser import parse_stream
 
     text, reason = None, ""
@@ -252,12 +305,11 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         raise ConfigurationError(f"env file {os.fspath(path)!r} cannot be read ({reason})")
     # python-dotenv lets the last of two lines setting a name win, silently: for a
     # secret that is one edit away from shipping the wrong value. Refuse it.
-    bindings = list(parse_stream(io.StringIO(text)))
-    keys = [b.key for b in bindings if b.key]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
+    bindings = [b for b in with_warn_for_invalid_lines(parse_stream(io.StringIO(text))) if b.key is not None]
+    twice = sorted(key for key, count in Counter(b.key for b in bindings if b.key).items() if count > 1)
     if twice:
         raise ConfigurationError(f"env file {os.fspath(path)!r} sets {', '.join(twice)} more than once")
-    values = dotenv_values(stream=io.StringIO(text))
+    values = _expand(bindings)
     # A reference built with ${VAR} expansion would carry another variable's value into
     # its name, which errors, logs and AWS requests show: refuse it.
     raw = {b.key: b.value or "" for b in bindings if b.key is not None}
@@ -270,6 +322,27 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
             "${VAR} expansion; write references out in full"
         )
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _expand(bindings: Iterable[Binding]) -> dict[str, str | None]:
+    """Values with ``${VAR}`` expanded, as python-dotenv's ``dotenv_values`` does, in one pass.
+
+    ``dotenv_values`` copies ``os.environ`` and every value before a line for each line
+    (quadratic: 20,000 lines took seconds). One mapping that grows line by line gives
+    each line the same view: the environment, overridden by the file's earlier lines.
+    """
+    from dotenv.variables import parse_variables
+
+    env: dict[str, str | None] = dict(os.environ)
+    values: dict[str, str | None] = {}
+    for binding in bindings:
+        if binding.key is None:
+            continue  # a comment, a blank line or a line that does not parse
+        value = binding.value
+        if value is not None:
+            value = "".join(atom.resolve(env) for atom in parse_variables(value))
+        env[binding.key] = values[binding.key] = value
+    return values
 
 
 def _unexported_view(base: Mapping[str, str]) -> dict[str, str]:
@@ -286,39 +359,94 @@ def _unexported_view(base: Mapping[str, str]) -> dict[str, str]:
     return view
 
 
-def _unexportable(values: Mapping[str, str], refs: Mapping[str, Reference]) -> list[Failure]:
-    """Values no environment variable can hold (a NUL), checked before anything is written."""
-    return [
-        Failure(
-            name,
-            refs[name].kind if name in refs else "plain",
-            refs[name].target if name in refs else "-",
-            "NotExportable",
-            "holds a NUL character, which an environment variable cannot",
-        )
-        for name, value in values.items()
-        if "\x00" in value
-    ]
+def _exports(file_values: Mapping[str, str], resolved: Mapping[str, str]) -> dict[str, str]:
+    """What export writes: every resolved value, and the file's values the environment lacks."""
+    environment = _unexported_view(os.environ)
+    exports = {k: v for k, v in file_values.items() if k not in environment}
+    exports.update(resolved)
+    return exports
 
 
-def _export(keyring: Keyring, file_values: Mapping[str, str]) -> None:
-    _restore_environ()
-    updates = {k: v for k, v in file_values.items() if k not in os.environ}
-    updates.update(keyring)
-    for name, value in updates.items():
-        _state.exported[name] = (os.environ.get(name), value)
-        os.environ[name] = value
+def _unexportable(exports: Mapping[str, str], refs: Mapping[str, Reference]) -> list[Failure]:
+    """Names and values no environment variable can hold, checked before anything is written."""
+    failures = []
+    for name, value in exports.items():
+        reason = _export_problem(name, value)
+        if reason:
+            failures.append(_export_failure(name, refs, reason))
+    return failures
+
+
+def _export_problem(name: str, value: str) -> str:
+    if not name:
+        return "has an empty name, which an environment variable cannot"
+    if "=" in name or "\x00" in name:
+        return "its name holds '=' or a NUL character, which an environment variable's cannot"
+    if "\x00" in value:
+        return "holds a NUL character, which an environment variable cannot"
+    for text in (name, value):
+        try:
+            os.fsencode(text)
+        except UnicodeError:
+            # Not raised: the error holds the text.
+            return "cannot be encoded for the environment"
+    return ""
+
+
+def _export_failure(name: str, refs: Mapping[str, Reference], reason: str) -> Failure:
+    ref = refs.get(name)
+    # What follows an '=' (or a NUL) in a name may be a value, from a line like 'A=secret'=1.
+    shown = name.split("=", 1)[0].split("\x00", 1)[0]
+    shown = f"{shown}..." if shown != name else shown or "(empty name)"
+    return Failure(shown, ref.kind if ref else "plain", ref.target if ref else "-", "NotExportable", reason)
+
+
+def _export(exports: Mapping[str, str], refs: Mapping[str, Reference]) -> BootstrapError | None:
+    """Write ``exports`` into ``os.environ``, all or nothing; restore what is exported no more.
+
+    A refresh writes the new plaintext straight over the old: ``os.environ`` never holds
+    a reference again in between, for another thread to read. If the OS refuses a write
+    (everything was checked before), every write is undone and the error returned.
+    """
+    previous = _state.exported
+    exported: dict[str, tuple[str | None, str]] = {}
+    undo: list[tuple[str, str | None]] = []
+    refused = ""
+    for name, value in exports.items():
+        current = os.environ.get(name)
+        try:
+            os.environ[name] = value
+        except (ValueError, OSError):
+            refused = name
+            break
+        undo.append((name, current))
+        ours = name in previous and previous[name][1] == current
+        exported[name] = (previous[name][0] if ours else current, value)
+    if refused:
+        # Built outside the except block: the caught error may hold the value.
+        for name, current in reversed(undo):
+            _put(name, current)
+        return BootstrapError([_export_failure(refused, refs, "os.environ refused it")])
+    for name, (before, written) in previous.items():
+        if name not in exported and os.environ.get(name) == written:
+            _put(name, before)
+    _state.exported = exported
+    return None
 
 
 def _restore_environ() -> None:
     for name, (before, written) in _state.exported.items():
-        if os.environ.get(name) != written:
-            continue
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
-    _state.exported.clear()
+        if os.environ.get(name) == written:
+            _put(name, before)
+    _state.exported = {}
+
+
+def _put(name: str, value: str | None) -> None:
+    """Set or (for None) remove ``name`` in ``os.environ``."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _counts(counts: Mapping[str, int]) -> str:

@@ -9,6 +9,8 @@ from secretboot._reference import Reference
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from cryptography.fernet import Fernet, MultiFernet
 
 
@@ -17,6 +19,10 @@ class Keyring(Mapping[str, str]):
 
     Only variables that held a reference are here; ``references`` maps each to
     the reference it was resolved from (their ``repr`` is safe to log).
+
+    Error reporters capture frame locals, and some walk any ``Mapping`` item by item:
+    Sentry asks ``__sentry_repr__`` first, and every error a method raises leaves
+    from a frame that no longer holds the keyring (``del self`` before ``raise``).
     """
 
     # One attribute holding everything, replaced whole: a reader during a refresh
@@ -64,10 +70,19 @@ class Keyring(Mapping[str, str]):
         """
         contents = self._contents
         raw = contents.binary.get(name)
-        return raw if raw is not None else contents.values[name].encode("utf-8")
+        if raw is not None:
+            return raw
+        if name in contents.values:
+            return contents.values[name].encode("utf-8")
+        del self, contents  # error reporters capture frame locals
+        raise KeyError(name)
 
     def __getitem__(self, name: str) -> str:
-        return self._contents.values[name]
+        values = self._contents.values
+        if name in values:
+            return values[name]
+        del self, values  # error reporters capture frame locals
+        raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._contents.values)
@@ -75,15 +90,16 @@ class Keyring(Mapping[str, str]):
     # Views of one generation's dict (a refresh builds a new one and never edits
     # the old): iterating them across a refresh never mixes old and new values.
     # ``dict(keyring.items())`` is therefore a consistent copy; ``dict(keyring)``,
-    # which looks up each key again, is not.
+    # which looks up each key again, is not. Unlike a dict's views, their repr
+    # shows names only.
     def keys(self) -> KeysView[str]:
-        return self._contents.values.keys()
+        return _Keys(self._contents.values)
 
     def items(self) -> ItemsView[str, str]:
-        return self._contents.values.items()
+        return _Items(self._contents.values)
 
     def values(self) -> ValuesView[str]:
-        return self._contents.values.values()
+        return _Values(self._contents.values)
 
     def __len__(self) -> int:
         return len(self._contents.values)
@@ -101,32 +117,96 @@ class Keyring(Mapping[str, str]):
         Raises ``KeyError`` for a missing ``name`` and ``ValueError`` naming the
         variable (never the value) for material that is not a Fernet key.
         """
-        from cryptography.fernet import Fernet, MultiFernet
-
-        def make(variable: str) -> Fernet:
-            try:
-                return Fernet(self._values[variable])
-            except (ValueError, TypeError):
-                pass
-            # Raised here, not in the except block: its error's context holds the key.
-            raise ValueError(f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)")
-
-        if isinstance(fallbacks, str):
-            raise TypeError("fallbacks must be a sequence of names, not one str")
-        current = make(name) if name in self._values else None
-        if current is None:
-            raise KeyError(name)
-        others = [make(variable) for variable in fallbacks if variable in self._values]
-        return MultiFernet([current, *others]) if others else current
+        made = _fernet(self._values, name, fallbacks)
+        del self  # error reporters capture frame locals
+        if isinstance(made, Exception):
+            raise made
+        return made
 
     def __repr__(self) -> str:
         return f"<Keyring {sorted(self._values)}>"
 
     __str__ = __repr__
 
-    def __reduce__(self) -> str:
+    def __sentry_repr__(self) -> str:
+        # Sentry's serializer walks any Mapping item by item unless this says otherwise.
+        return repr(self)
+
+    def __reduce__(self) -> NoReturn:
         # Pickling would put plaintext on disk or on the wire.
+        del self
         raise TypeError("a Keyring cannot be pickled or copied")
+
+
+def _fernet(
+    values: Mapping[str, str], name: str, fallbacks: Sequence[str]
+) -> Fernet | MultiFernet | Exception:
+    """``Keyring.fernet``'s work: the Fernet, or the error for the caller to raise.
+
+    Returned, not raised, so that the caller raises it from a frame holding no key.
+    """
+    if isinstance(fallbacks, str):
+        return TypeError("fallbacks must be a sequence of names, not one str")
+    if name not in values:
+        return KeyError(name)
+    from cryptography.fernet import Fernet, MultiFernet
+
+    names = [name, *(variable for variable in fallbacks if variable in values)]
+    keys: list[Fernet] = []
+    for variable in names:
+        try:
+            keys.append(Fernet(values[variable]))
+        except (ValueError, TypeError):
+            # Built outside the except block: the caught error's context holds the key.
+            keys.clear()
+            return _not_a_key(variable)
+    return MultiFernet(keys) if len(keys) > 1 else keys[0]
+
+
+def _not_a_key(variable: str) -> ValueError:
+    return ValueError(f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)")
+
+
+class _View:
+    """A keyring view's repr: the names, never a value."""
+
+    __slots__ = ()
+    _mapping: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__.lstrip('_')} of Keyring {sorted(self._mapping)}>"
+
+    __str__ = __repr__
+
+    def __sentry_repr__(self) -> str:
+        return repr(self)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Keyring's view cannot be pickled or copied")
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+
+class _Keys(_View, KeysView[str]):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping)
+
+
+class _Items(_View, ItemsView[str, str]):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._mapping.items())
+
+
+class _Values(_View, ValuesView[str]):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping.values())
 
 
 class _Contents:

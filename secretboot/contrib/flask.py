@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 import click
 
 import secretboot
-from secretboot._errors import BootstrapError, ConfigurationError, Failure, ReferenceSyntaxError
+from secretboot._bootstrap import contained
+from secretboot._errors import (
+    BootstrapError,
+    ConfigurationError,
+    Failure,
+    ReferenceSyntaxError,
+    SecretbootError,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -88,9 +95,15 @@ class SecretBoot:
         ``ConfigurationError`` (a value would land in one of Flask's own settings
         other than ``SECRET_KEY``); either way ``app`` is left as it was.
         """
+        # Error reporters capture frame locals: the error leaves from this frame, which
+        # holds neither the keyring nor a value, once the frames doing the work are gone.
+        loaded = contained(self._load, app)
+        if isinstance(loaded, SecretbootError):
+            raise loaded
+
+    def _load(self, app: Flask) -> None:
         keyring = secretboot.bootstrap()
-        # Every check works on names; values are read only once all have passed, so
-        # no frame that raises holds plaintext (error reporters capture frame locals).
+        # Every check works on names; values are read only once all have passed.
         keys = self._select(keyring)
         _refuse_flask_settings(app, keys)
         failures = _unresolved_secret_key(app, keys)

@@ -1,0 +1,421 @@
+"""Error reporters: a real sentry-sdk, capturing every frame's locals as it does by default, never
+receives a secret from any error secretboot raises.
+
+Sentry serializes the locals of every frame in the traceback (and of every chained exception),
+reprs strings and walks any ``Mapping`` item by item unless its type has ``__sentry_repr__``.
+So the error must leave from frames whose locals hold no plaintext, no reference or ciphertext
+and no keyring. Each test drives one error path with canary secrets in the environment (and in
+``.env`` files), hands the exception to ``sentry_sdk.capture_exception`` with an in-process
+transport, and searches the whole serialized envelope for every canary.
+
+Sentry keeps at most 10 items of a mapping and 5 levels, so a leak past the tenth variable of
+``os.environ`` would slip by: each test also walks the locals of secretboot's own frames with no
+limits, as a reporter without a ``__sentry_repr__`` hook (Rollbar's traverse) would. The
+application's frames (here, the test's) may hold the keyring: Sentry shows it by its repr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sentry_sdk
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
+
+import secretboot
+from secretboot import BootstrapError, ConfigurationError, SecretbootError
+from tests.test_canary import Canaries, World, _new_world
+
+ROOT = Path(__file__).resolve().parent.parent
+DJANGO_PROJECT = ROOT / "tests" / "django_project"
+PACKAGE = Path(secretboot.__file__).parent
+# What is tested happens after the requests or without any: one transport is enough.
+pytestmark = pytest.mark.parametrize("aws_env", ["fast"], indirect=True)
+
+
+@pytest.fixture(name="world")
+def _world_fixture(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> World:
+    """test_canary's world: moto, a KMS key, canary secrets; the AWS secret key is one too."""
+    canaries = Canaries()
+    aws_secret = canaries.text("AWS-SECRET")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_secret)
+    return _new_world(canaries, tmp_path, {**aws_env, "AWS_SECRET_ACCESS_KEY": aws_secret})
+
+
+class _Capture(Transport):
+    """Keeps every envelope in memory: nothing leaves the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envelopes: list[Envelope] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+
+@pytest.fixture
+def sentry() -> Iterator[_Capture]:
+    transport = _Capture()
+    sentry_sdk.init(
+        dsn="https://public@127.0.0.1/1",
+        transport=transport,
+        default_integrations=False,
+        include_local_variables=True,  # the default, spelled out: it is what is under test
+    )
+    try:
+        yield transport
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()  # no DSN: a disabled client for whatever runs next
+
+
+def _caught(function: Callable[..., object], *args: Any, **kwargs: Any) -> BaseException:
+    """The exception ``function`` raises. This frame is the traceback's first: it holds no secret."""
+    try:
+        function(*args, **kwargs)
+    except Exception as exc:
+        return exc
+    pytest.fail(f"{function!r} raised nothing")
+
+
+def _walk(value: object, depth: int, seen: set[int]) -> Iterator[str]:
+    """Everything a serializer that walks mappings and collections without limits would show."""
+    if id(value) in seen or depth > 12:
+        return
+    seen.add(id(value))
+    if isinstance(value, str | bytes):
+        yield repr(value)
+    elif isinstance(value, Mapping):
+        for key, item in list(value.items()):
+            yield repr(key)
+            yield from _walk(item, depth + 1, seen)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in list(value):
+            yield from _walk(item, depth + 1, seen)
+    else:
+        yield repr(value)
+
+
+def _frames_locals(exc: BaseException) -> str:
+    """The locals of secretboot's frames in ``exc`` and every exception chained to it, walked."""
+    parts: list[str] = []
+    pending: list[BaseException | None] = [exc]
+    seen_errors: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen_errors:
+            continue
+        seen_errors.add(id(error))
+        pending += [error.__cause__, error.__context__]
+        tb = error.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            ours = Path(code.co_filename).is_relative_to(PACKAGE)
+            for name, value in tb.tb_frame.f_locals.items() if ours else ():
+                text = "\n".join(_walk(value, 0, set()))
+                parts.append(f"{code.co_filename}:{code.co_name} {name} = {text}")
+            tb = tb.tb_next
+    return "\n".join(parts)
+
+
+def assert_reported_clean(sentry: _Capture, canaries: Canaries, exc: BaseException) -> dict[str, Any]:
+    """Report ``exc`` to Sentry; no canary in what it would send, nor in any frame's locals."""
+    before = len(sentry.envelopes)
+    sentry_sdk.capture_exception(exc)
+    sent = sentry.envelopes[before:]
+    assert len(sent) == 1, "sentry sent no event"
+    event = sent[0].get_event()
+    assert event is not None
+    # Sentry did capture locals: else this test proves nothing.
+    frames = [f for v in event["exception"]["values"] for f in v.get("stacktrace", {}).get("frames", [])]
+    assert any(frame.get("vars") for frame in frames), "sentry captured no frame locals"
+    canaries.assert_absent(
+        {
+            "sentry envelope": sent[0].serialize(),
+            "sentry event as JSON": json.dumps(event),
+            "secretboot's frame locals, walked without limits": _frames_locals(exc),
+        }
+    )
+    return event
+
+
+def _full_house(world: World) -> dict[str, str]:
+    """A resolvable reference of each AWS kind, each a canary: what a failure sits next to."""
+    secret = world.secret("SM")
+    return {
+        **world.env,
+        "OK_KMS": world.kms("OK-KMS"),
+        "OK_SSM": world.ssm("OK-SSM"),
+        "OK_SM": f"secretsmanager:{secret}#password",
+        "OK_SM_WHOLE": f"secretsmanager:{secret}",
+    }
+
+
+def _environ(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def _env_file(world: World, lines: list[str]) -> Path:
+    path = world.folder / ".env"
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# -- bootstrap() -----------------------------------------------------------------------------
+
+BOOT_FAILURES = [
+    "unresolvable",
+    "malformed",
+    "not-allowed",
+    "kms-vars-missing",
+    "configuration",
+    "env-file-set-twice",
+    "env-file-built-reference",
+    "env-file-unexportable-name",
+]
+
+
+@pytest.mark.parametrize("case", BOOT_FAILURES)
+def test_bootstrap_failures(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    # Every kind of reference resolves next to the failure: the resolution's values are plaintext.
+    _environ(monkeypatch, _full_house(world))
+    file_lines = [f"FILE_PLAIN={world.plain('FILE-PLAIN')}", f"FILE_KMS={world.kms('FILE-KMS')}"]
+    options: dict[str, Any] = {"env_file": _env_file(world, file_lines)}
+    expected: type[SecretbootError] = BootstrapError
+    failing = [case.upper()]
+    if case == "unresolvable":
+        monkeypatch.setenv("UNRESOLVABLE", "ssm:/canary/missing")
+    elif case == "malformed":
+        monkeypatch.setenv("MALFORMED", f"kms:{world.plain('MALFORMED')}!")
+    elif case == "not-allowed":
+        monkeypatch.setenv("SECRETBOOT_SSM_PATHS", "/elsewhere/*")
+        failing = ["OK_SSM"]
+    elif case == "kms-vars-missing":
+        monkeypatch.setenv("SECRETBOOT_KMS_VARS", "OK_KMS,ABSENT")
+        failing = ["ABSENT"]
+    elif case == "configuration":
+        monkeypatch.setenv("SECRETBOOT_EXPORT", "maybe")
+        expected = ConfigurationError
+    elif case == "env-file-set-twice":
+        file_lines.append(f"FILE_PLAIN={world.plain('FILE-PLAIN-2')}")
+        options["env_file"] = _env_file(world, file_lines)
+        expected = ConfigurationError
+    elif case == "env-file-built-reference":
+        monkeypatch.setenv("KMS_BODY", world.kms("BUILT")[4:])
+        file_lines.append("BUILT=kms:${KMS_BODY}")
+        options["env_file"] = _env_file(world, file_lines)
+        expected = ConfigurationError
+    elif case == "env-file-unexportable-name":
+        file_lines.append(f"'NAME={world.plain('IN-A-NAME')}'=1")
+        options["env_file"] = _env_file(world, file_lines)
+        options["export"] = True
+        failing = ["NAME..."]
+    before = dict(os.environ)
+    exc = _caught(secretboot.bootstrap, **options)
+    assert isinstance(exc, expected), repr(exc)
+    if isinstance(exc, BootstrapError):
+        assert list(exc.variables) == failing
+    assert dict(os.environ) == before
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_getenv_that_bootstraps_and_fails(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environ(monkeypatch, {**_full_house(world), "MISSING": "ssm:/canary/missing"})
+    exc = _caught(secretboot.getenv, "OK_KMS")
+    assert isinstance(exc, BootstrapError) and exc.variables == ("MISSING",)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_getenv_of_a_reference_set_after_bootstrap(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environ(monkeypatch, _full_house(world))
+    secretboot.bootstrap()
+    monkeypatch.setenv("LATE", world.kms("LATE"))
+    exc = _caught(secretboot.getenv, "LATE")
+    assert isinstance(exc, BootstrapError) and exc.variables == ("LATE",)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_an_environ_argument_stays_out_of_secretboots_frames(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller's own frames may hold what it passed; secretboot's frames must not.
+    env = {**_full_house(world), "MISSING": "ssm:/canary/missing"}
+    exc = _caught(secretboot.bootstrap, environ=env)
+    assert isinstance(exc, BootstrapError)
+    sentry_sdk.capture_exception(exc)
+    event = sentry.envelopes[-1].get_event()
+    assert event is not None
+    ours = [
+        frame
+        for value in event["exception"]["values"]
+        for frame in value["stacktrace"]["frames"]
+        if frame.get("module", "").startswith("secretboot")
+    ]
+    assert ours, "no frame of secretboot in the event"
+    world.canaries.assert_absent({"secretboot's frames": json.dumps(ours)})
+
+
+# -- the keyring -------------------------------------------------------------------------------
+
+
+def _keyring_with_fernet_keys(world: World, monkeypatch: pytest.MonkeyPatch) -> secretboot.Keyring:
+    from cryptography.fernet import Fernet
+
+    key = world.canaries.text("FERNET-KEY", Fernet.generate_key().decode())
+    world.client("ssm").put_parameter(Name="/canary/fernet", Value=key, Type="SecureString")
+    _environ(monkeypatch, {**_full_house(world), "FERNET_KEY": "ssm:/canary/fernet"})
+    return secretboot.bootstrap()
+
+
+KEYRING_MISUSE: dict[str, Callable[[secretboot.Keyring], object]] = {
+    "missing": lambda keyring: keyring["ABSENT"],
+    "as-bytes-missing": lambda keyring: keyring.as_bytes("ABSENT"),
+    "fernet-missing": lambda keyring: keyring.fernet("ABSENT"),
+    "fernet-bad-key": lambda keyring: keyring.fernet("OK_KMS"),
+    "fernet-bad-fallback": lambda keyring: keyring.fernet("FERNET_KEY", fallbacks=["OK_SSM"]),
+    "fernet-fallbacks-str": lambda keyring: keyring.fernet("FERNET_KEY", fallbacks="OK_SSM"),
+}
+
+
+@pytest.mark.parametrize("case", list(KEYRING_MISUSE))
+def test_keyring_misuse(world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    keyring = _keyring_with_fernet_keys(world, monkeypatch)
+    exc = _caught(KEYRING_MISUSE[case], keyring)
+    assert isinstance(exc, KeyError | ValueError | TypeError), repr(exc)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def _application_code(keyring: secretboot.Keyring) -> None:
+    """An application's frame holding the keyring and its views when something else fails."""
+    names, values, items = keyring.keys(), keyring.values(), keyring.items()
+    snapshot = [names, values, items]
+    raise RuntimeError(f"the application failed with {len(snapshot)} views in hand")
+
+
+def test_a_keyring_and_its_views_in_an_applications_frame(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyring = _keyring_with_fernet_keys(world, monkeypatch)
+    exc = _caught(_application_code, keyring)
+    sentry_sdk.capture_exception(exc)
+    event = sentry.envelopes[-1].get_event()
+    assert event is not None
+    shown = json.dumps(event)
+    # Sentry shows the names (they help), never the values; a walker that ignores
+    # __sentry_repr__ would still walk the keyring itself, which is the application's frame.
+    assert "FERNET_KEY" in shown and "OK_SSM" in shown
+    envelope = sentry.envelopes[-1].serialize()
+    world.canaries.assert_absent({"sentry event as JSON": shown, "envelope": envelope})
+
+
+# -- Flask -------------------------------------------------------------------------------------
+
+FLASK_FAILURES = ["names-missing", "unresolvable", "unresolved-secret-key", "flask-setting", "prefix-empty"]
+
+
+@pytest.mark.parametrize("case", FLASK_FAILURES)
+def test_flask_extension_failures(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    from flask import Flask
+
+    from secretboot.contrib.flask import SecretBoot
+
+    _environ(monkeypatch, _full_house(world))
+    monkeypatch.setenv("SECRET_KEY", world.kms("FLASK-KEY"))
+    app = Flask("canary")
+    extension = SecretBoot()
+    expected: type[SecretbootError] = BootstrapError
+    if case == "names-missing":
+        extension = SecretBoot(names=["SECRET_KEY", "OK_SSM", "NOT_SET"])
+    elif case == "unresolvable":
+        monkeypatch.setenv("MISSING", "ssm:/canary/missing")
+    elif case == "unresolved-secret-key":
+        # The ciphertext is the test's own input here: it is registered, so it must not show either.
+        app.config["SECRET_KEY"] = world.kms("PRESET-KEY")
+        extension = SecretBoot(names=["OK_SSM"])
+    elif case == "flask-setting":
+        monkeypatch.setenv("SESSION_COOKIE_NAME", world.kms("COOKIE-NAME"))
+        expected = ConfigurationError
+    elif case == "prefix-empty":
+        monkeypatch.setenv("OK_", world.kms("PREFIX-ONLY"))
+        extension = SecretBoot(prefix="OK_")
+        expected = ConfigurationError
+    exc = _caught(extension.init_app, app)
+    assert isinstance(exc, expected), repr(exc)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+# -- Django ------------------------------------------------------------------------------------
+
+
+def test_django_fallbacks_of_a_late_reference(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secretboot.contrib.django import fallbacks
+
+    _environ(monkeypatch, {**_full_house(world), "OLD_KEY": world.kms("OLD-KEY")})
+    secretboot.bootstrap()
+    monkeypatch.setenv("OLDER_KEY", world.kms("LATE-KEY"))
+    exc = _caught(fallbacks, "OK_SSM", "OLD_KEY", "OLDER_KEY")
+    assert isinstance(exc, BootstrapError) and exc.variables == ("OLDER_KEY",)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_django_settings_that_cannot_resolve(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo project's settings module, imported in this process as Django imports it."""
+    from django.conf import LazySettings
+
+    _environ(monkeypatch, _full_house(world))
+    monkeypatch.setenv("SECRET_KEY", world.kms("DJANGO-KEY"))
+    monkeypatch.setenv("SECRET_KEY_FALLBACK", world.kms("DJANGO-OLD-KEY"))
+    monkeypatch.setenv("DB_PASSWORD", "ssm:/canary/missing")
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "demo.settings")
+    monkeypatch.syspath_prepend(str(DJANGO_PROJECT))
+    loaded = set(sys.modules)
+    try:
+        exc = _caught(getattr, LazySettings(), "SECRET_KEY")  # a fresh LazySettings: not Django's own
+    finally:
+        for name in set(sys.modules) - loaded:
+            if name == "demo" or name.startswith("demo."):
+                del sys.modules[name]
+    assert isinstance(exc, BootstrapError) and exc.variables == ("DB_PASSWORD",), repr(exc)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_the_scan_finds_a_leak_in_a_frame(world: World, sentry: _Capture) -> None:
+    # The checks above must be able to fail: a frame holding plaintext is found.
+    secret = world.plain(f"LOCAL-{uuid.uuid4().hex[:6]}")
+
+    def leaky() -> None:
+        kept = {"PASSWORD_COPY": secret}
+        raise RuntimeError(f"failed with {len(kept)} values")
+
+    exc = _caught(leaky)
+    with pytest.raises(AssertionError, match="canaries leaked"):
+        assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_the_unlimited_walk_reads_secretboots_frames(world: World) -> None:
+    # A mismatched Keyring(...) raises from frames holding the values the caller passed in.
+    secret = world.plain("CONSTRUCTED")
+    mismatched = {f"NAME_{i}": "x" for i in range(20)} | {"LAST": secret}
+    exc = _caught(secretboot.Keyring, mismatched, {})
+    assert isinstance(exc, ValueError)
+    assert world.canaries.found(_frames_locals(exc)) == {"CONSTRUCTED"}
