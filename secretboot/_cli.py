@@ -71,7 +71,43 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse would exit by itself; route it through main()'s single exit.
         command = self.prog.removeprefix("secretboot").strip()
+        message = _without_values(message)
         raise UsageError(f"{command}: {message}" if command else message)
+
+
+def _without_values(message: str) -> str:
+    """argparse's ``message`` with nothing the command line gave: only option names, metavars
+    and choices, which come from the parser. Arguments can hold what must not be echoed
+    (a plaintext typed where it does not belong, a token): the forms argparse quotes a value
+    in are rewritten, and any form not known here is replaced as a whole."""
+    if message.startswith("argument "):
+        name, sep, problem = message.removeprefix("argument ").partition(": ")
+        if sep:  # an action's name (option strings or metavar) holds no ": "
+            return f"argument {name}: {_problem_without_value(problem)}"
+    if message.startswith(("the following arguments are required: ", "one of the arguments ")):
+        return message  # names from the parser
+    if message.startswith("unrecognized arguments"):
+        return f"unrecognized arguments (not repeated here); {_PLAINTEXT_NEVER_IN_ARGV}"
+    if message.startswith("ambiguous option: ") and " could match " in message:
+        return "ambiguous option: could match" + message[message.rfind(" could match ") + 12 :]
+    return "invalid arguments (not repeated here); see --help"
+
+
+def _problem_without_value(problem: str) -> str:
+    if problem.startswith(("expected ", "not allowed with argument ")):
+        return problem  # counts and option names
+    if problem.startswith("invalid choice") and " (choose from " in problem:
+        return "invalid choice" + problem[problem.rfind(" (choose from ") :]
+    if problem.startswith("unknown parser ") and " (choices: " in problem:
+        return "invalid choice" + problem[problem.rfind(" (choices: ") :]
+    if problem.startswith("invalid ") and " value: " in problem:
+        return problem[: problem.index(" value: ")] + " value"  # "invalid int value"
+    if problem.startswith("ignored explicit argument"):
+        return "takes no value"
+    return "invalid value"
+
+
+_PLAINTEXT_NEVER_IN_ARGV = "plaintext is read from stdin or a file, never from arguments"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     _tolerant_output()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # counted, never repeated: a stray argument may be a misplaced plaintext
+            raise UsageError(
+                f"{args.command + ': ' if args.command else ''}{len(extras)} unrecognized "
+                f"argument(s), not repeated here; {_PLAINTEXT_NEVER_IN_ARGV}"
+            )
         _check_values(args)
         if args.command is None:
             parser.print_help(sys.stderr)
@@ -283,6 +324,12 @@ def _context(
         if not sep or not key:
             raise UsageError(f"{option} takes K=V pairs")
         context[key] = value
+    if envelope.reserved_context_keys(context):
+        # Those keys mark the sealed values' data key; see envelope.data_key_context.
+        raise UsageError(
+            f"{option}: encryption context keys starting with {envelope.RESERVED_CONTEXT_PREFIX} "
+            "are secretboot's own"
+        )
     return context or None
 
 
@@ -587,6 +634,11 @@ def _reseal(args: argparse.Namespace) -> int:
         f"{env_file.path}: {len(sealed)} sealed value(s) under a new data key, "
         f"wrapped by {new_source.describe()}"
     )
+    if isinstance(old_source, KmsKeySource) and old_source.was_old_form:
+        print(
+            f"{DATA_KEY} was in the old form (no {envelope.DATA_KEY_PURPOSE[0]} context pair), "
+            "which bootstrap() no longer opens; the new one has it."
+        )
     _sealed_next_steps(env_file, args, context, new_source)
     return OK
 
@@ -638,7 +690,9 @@ def _key_source(
                 f"the data key is wrapped by a key file: set {LOCAL_KEY_FILE} or --local-key-file"
             )
         return LocalKeySource(path)
-    return KmsKeySource(_admin(), None if old else args.key_id, context)
+    if old:  # reseal: also a data key in the form from before the reserved context pair
+        return KmsKeySource(_admin(), None, context, old_form=True)
+    return KmsKeySource(_admin(), args.key_id, context)
 
 
 def _unwrap(source: KmsKeySource | LocalKeySource, wrapped: envelope.WrappedKey, env_file: EnvFile) -> bytes:
@@ -652,7 +706,8 @@ def _unwrap(source: KmsKeySource | LocalKeySource, wrapped: envelope.WrappedKey,
         raise t.TransportError(
             exc.reason,
             f"{DATA_KEY} in {env_file.path} did not decrypt: pass the --context or --lambda-function "
-            "it was sealed with",
+            "it was sealed with (a data key wrapped by an older secretboot, without the "
+            f"{envelope.DATA_KEY_PURPOSE[0]} context pair, must first be migrated: secretboot reseal)",
         ) from None
 
 
@@ -758,16 +813,34 @@ def _rotate(args: argparse.Namespace) -> int:
     # Without an explicit source context, try the new one, then none, as bootstrap() does
     # (values encrypted with the AWS CLI or before ~2021 carry no context).
     sources = [source] if source else ([context, None] if context else [None])
+    # The data key is wrapped under the user's context plus the reserved pair, before and after.
+    wrapping: Callable[[dict[str, str] | None], Mapping[str, str] | None] = (
+        envelope.data_key_context if name == DATA_KEY else lambda user: user
+    )
     admin = _admin()
-    for attempt, source_context in enumerate(sources, 1):
+    mismatch = t.TransportError(t.INVALID_CIPHERTEXT, "")
+    for source_context in sources:
         try:
             blob, key_arn = admin.re_encrypt(
-                ref.ciphertext, source_context=source_context, key_id=args.key_id, context=context
+                ref.ciphertext,
+                source_context=wrapping(source_context),
+                key_id=args.key_id,
+                context=wrapping(context),
             )
             break
         except t.TransportError as exc:
-            if exc.reason != t.INVALID_CIPHERTEXT or attempt == len(sources):
+            if exc.reason != t.INVALID_CIPHERTEXT:
                 raise
+            mismatch = exc
+    else:  # no source context fitted
+        if name == DATA_KEY:
+            raise t.TransportError(
+                mismatch.reason,
+                f"{DATA_KEY} in {env_file.path} did not decrypt: pass the --source-context it was "
+                "sealed with (a data key wrapped by an older secretboot, without the "
+                f"{envelope.DATA_KEY_PURPOSE[0]} context pair, is migrated by secretboot reseal)",
+            )
+        raise mismatch
     new_value = str(KmsReference(blob))
     env_file.write(env_file.with_values({name: new_value}))
     print(f"{name} in {env_file.path}: re-wrapped under {key_arn} with {_describe_context(context)}")

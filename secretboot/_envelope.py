@@ -11,6 +11,12 @@ is stored wrapped in ``SECRETBOOT_DATA_KEY``: ``kms:<KMS ciphertext>`` or
 ``local:<base64>``, the same layout as a sealed value under a local master key
 read from ``SECRETBOOT_LOCAL_KEY_FILE`` (``secretboot keygen``).
 
+A ``kms:`` data key is wrapped under the user's encryption context plus one
+reserved pair (``DATA_KEY_PURPOSE``), with which no ordinary ``kms:`` value is
+ever decrypted: its ciphertext copied into another variable does not decrypt
+there, and a ``kms:`` value copied into ``SECRETBOOT_DATA_KEY`` does not
+unwrap as a data key. User contexts may not use the ``secretboot:`` keys.
+
 cryptography is imported only when something is sealed or opened.
 """
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 import os
 import stat
 from base64 import b64decode, b64encode
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from secretboot._errors import ConfigurationError, ReferenceSyntaxError, SecretbootError
 from secretboot._reference import (
@@ -44,6 +50,12 @@ _SEALED_AAD = _HEADER + b"secretboot/sealed/"
 _DATA_KEY_AAD = _HEADER + b"secretboot/data-key"
 _LOCAL_WRAPPED_SIZE = SEALED_OVERHEAD + DATA_KEY_SIZE
 _KEY_FILE_MAX = 1024  # a key file is one line of base64; refuse to read anything large
+_KEY_FILE_PRIVATE = 0o077  # no permission bit for group or others, as ssh asks of a private key
+
+# The encryption context pair that marks KMS ciphertext as a sealed values' data key. Encryption
+# context keys starting with RESERVED_CONTEXT_PREFIX are secretboot's: refused in user contexts.
+RESERVED_CONTEXT_PREFIX = "secretboot:"
+DATA_KEY_PURPOSE = (RESERVED_CONTEXT_PREFIX + "purpose", "sealed-data-key")
 
 
 class IntegrityError(SecretbootError):
@@ -78,6 +90,20 @@ def parse_data_key(value: str) -> WrappedKey:
             raise ReferenceSyntaxError("not a data key wrapped by secretboot keygen's format")
         return WrappedKey("local", blob)
     raise ReferenceSyntaxError("must start with kms: (wrapped by KMS) or local: (wrapped by a key file)")
+
+
+def reserved_context_keys(context: Mapping[str, str] | None) -> list[str]:
+    """The keys of ``context`` that only secretboot may use (sorted; empty if none)."""
+    return sorted(key for key in context or () if key.startswith(RESERVED_CONTEXT_PREFIX))
+
+
+def data_key_context(context: Mapping[str, str] | None) -> dict[str, str]:
+    """The encryption context a ``kms:`` data key is wrapped under: ``context`` (the user's,
+    or none) plus ``DATA_KEY_PURPOSE``. ``ValueError`` if ``context`` uses a reserved key."""
+    if reserved_context_keys(context):
+        raise ValueError(f"encryption context keys starting with {RESERVED_CONTEXT_PREFIX} are reserved")
+    key, value = DATA_KEY_PURPOSE
+    return {**(context or {}), key: value}
 
 
 def load_aead() -> None:
@@ -143,12 +169,23 @@ def _open(cipher: AESGCM, blob: bytes, aad: bytes) -> bytes:
 
 
 def read_key_file(path: str) -> bytes:
-    """The 32-byte master key in ``path``; ``ConfigurationError`` naming the path, not the content."""
+    """The 32-byte master key in ``path``; ``ConfigurationError`` naming the path, not the content.
+
+    Like ssh with a private key, refuses a file that group or others may read or write.
+    """
     try:
         with open(path, "rb") as file:
-            data = file.read(_KEY_FILE_MAX + 1)
+            mode = os.fstat(file.fileno()).st_mode
+            data = file.read(_KEY_FILE_MAX + 1) if _private(mode) else b""  # unread if not private
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigurationError(f"key file {path!r} cannot be read ({type(exc).__name__})") from None
+    if not _private(mode):
+        import shlex
+
+        raise ConfigurationError(
+            f"key file {path!r} is open to group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"a key must be private to its owner: chmod 600 {shlex.quote(path)}"
+        )
     try:
         if len(data) > _KEY_FILE_MAX:
             raise ValueError
@@ -158,6 +195,10 @@ def read_key_file(path: str) -> bytes:
     if len(key) != DATA_KEY_SIZE:
         raise ConfigurationError(f"key file {path!r} does not hold a {DATA_KEY_SIZE * 8}-bit key")
     return key
+
+
+def _private(mode: int) -> bool:
+    return os.name == "nt" or not mode & _KEY_FILE_PRIVATE  # Windows has no such mode bits
 
 
 def write_key_file(path: str, *, force: bool = False, urandom: Callable[[int], bytes] = os.urandom) -> None:

@@ -34,18 +34,35 @@ if TYPE_CHECKING:
 
 
 class KmsKeySource:
-    """``GenerateDataKey`` and ``Decrypt`` under one KMS key and encryption context."""
+    """``GenerateDataKey`` and ``Decrypt`` under one KMS key and encryption context.
 
-    def __init__(self, admin: Boto3Admin, key_id: str | None, context: Mapping[str, str] | None) -> None:
+    The data key's context is the user's ``context`` plus the reserved pair
+    (``envelope.data_key_context``), which no ordinary ``kms:`` value is decrypted with.
+    ``old_form``: ``unwrap`` also accepts a data key wrapped under ``context`` alone, as
+    secretboot wrapped them before the reserved pair; only ``reseal`` (which migrates them)
+    asks for it, and ``was_old_form`` then says whether the last unwrap needed it.
+    """
+
+    def __init__(
+        self,
+        admin: Boto3Admin,
+        key_id: str | None,
+        context: Mapping[str, str] | None,
+        *,
+        old_form: bool = False,
+    ) -> None:
         self._admin = admin
         self._key_id = key_id
         self._context = context
+        self._wrapping = e.data_key_context(context)
+        self._old_form = old_form
         self._key_arn = ""
+        self.was_old_form = False
 
     def new(self) -> tuple[bytes, e.WrappedKey]:
         if self._key_id is None:
             raise ValueError("a new KMS data key needs a key id")
-        data_key, blob = self._admin.generate_data_key(key_id=self._key_id, context=self._context)
+        data_key, blob = self._admin.generate_data_key(key_id=self._key_id, context=self._wrapping)
         wrapped = e.WrappedKey("kms", blob)
         # Verify before anything is written, as migrate does.
         if not hmac.compare_digest(self.unwrap(wrapped), data_key):
@@ -53,9 +70,18 @@ class KmsKeySource:
         return data_key, wrapped
 
     def unwrap(self, wrapped: e.WrappedKey) -> bytes:
-        data_key, self._key_arn = self._admin.decrypt(
-            wrapped.blob, context=self._context, key_id=self._key_id
-        )
+        self.was_old_form = False
+        try:
+            return self._decrypt(wrapped, self._wrapping)
+        except t.TransportError as exc:
+            if not self._old_form or exc.reason != t.INVALID_CIPHERTEXT:
+                raise
+        data_key = self._decrypt(wrapped, self._context)  # outside the except: no chained error
+        self.was_old_form = True
+        return data_key
+
+    def _decrypt(self, wrapped: e.WrappedKey, context: Mapping[str, str] | None) -> bytes:
+        data_key, self._key_arn = self._admin.decrypt(wrapped.blob, context=context, key_id=self._key_id)
         return data_key
 
     @property

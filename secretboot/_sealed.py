@@ -11,12 +11,19 @@ from secretboot import _transport as t
 from secretboot._errors import ConfigurationError, Failure, ReferenceSyntaxError
 from secretboot._outcome import Outcome, Task, decode
 from secretboot._reference import SealedReference
-from secretboot._settings import DATA_KEY, LOCAL_KEY_FILE, Settings
+from secretboot._settings import DATA_KEY, LOCAL_KEY_FILE, KmsSettings, Settings
 
 _INTEGRITY = "Integrity"
 _INTEGRITY_DETAIL = (
     f"does not open with the data key in {DATA_KEY} "
     "(edited, truncated, copied from another variable, or sealed under another data key)"
+)
+
+
+# No fallback here: a data key wrapped without the reserved pair is migrated by the CLI.
+_OLD_FORM_HINT = (
+    f"; a data key wrapped by an older secretboot (without the {e.DATA_KEY_PURPOSE[0]} "
+    "context pair) no longer opens: run `secretboot reseal` to migrate it"
 )
 
 
@@ -80,10 +87,16 @@ class SealedResolver:
         except ReferenceSyntaxError as exc:
             raise _DataKeyError("Malformed", f"{DATA_KEY} {exc.reason}") from None
         if wrapped.provider == "kms":
+            # The data key's contexts are the ordinary ones plus the reserved pair, which no
+            # ordinary kms: value is decrypted with: its ciphertext opens nowhere else.
+            user = self._settings.kms
+            kms = KmsSettings(tuple(e.data_key_context(c) for c in user.contexts), user.key_id)
             try:
-                return _kms.decrypt(self._transport, self._settings.kms, wrapped.blob, outcome)[0]
+                return _kms.decrypt(self._transport, kms, wrapped.blob, outcome)[0]
             except t.TransportError as exc:
-                detail = _kms.failure_detail(exc, self._settings.kms)
+                detail = _kms.failure_detail(exc, kms)
+                if exc.reason == t.INVALID_CIPHERTEXT:
+                    detail += _OLD_FORM_HINT
                 raise _DataKeyError(exc.reason, f"the data key in {DATA_KEY}: {detail}") from None
         path = self._settings.local_key_file
         if path is None:

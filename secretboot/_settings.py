@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from secretboot._envelope import RESERVED_CONTEXT_PREFIX, reserved_context_keys
 from secretboot._errors import ConfigurationError
 
 KMS_VARS = "SECRETBOOT_KMS_VARS"
@@ -120,6 +121,13 @@ def _parse_context(raw: str) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in context.items()
     ):
         raise ConfigurationError(f"{KMS_CONTEXT} must be a JSON object of strings to strings")
+    reserved = reserved_context_keys(context)
+    if reserved:
+        # The keys are secretboot's own (the data key's marker): never the user's.
+        raise ConfigurationError(
+            f"{KMS_CONTEXT} uses the reserved key(s) {', '.join(reserved)}: encryption context keys "
+            f"starting with {RESERVED_CONTEXT_PREFIX} are secretboot's own"
+        )
     return context
 
 

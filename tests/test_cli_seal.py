@@ -89,10 +89,14 @@ def ok(run: Run) -> Run:
     return run
 
 
-def kms_data_key(aws: Aws, wrapped: str) -> tuple[bytes, str]:
-    """(plaintext data key, ARN of the key that wraps it) for a ``kms:`` data key."""
+def kms_data_key(aws: Aws, wrapped: str, context: Mapping[str, str] | None = None) -> tuple[bytes, str]:
+    """(plaintext data key, ARN of the key that wraps it) for a ``kms:`` data key wrapped under
+    the user's ``context`` plus the reserved pair."""
     assert wrapped.startswith("kms:"), wrapped[:8]
-    answer = aws.kms.decrypt(CiphertextBlob=base64.b64decode(wrapped[4:], validate=True))
+    answer = aws.kms.decrypt(
+        CiphertextBlob=base64.b64decode(wrapped[4:], validate=True),
+        EncryptionContext=e.data_key_context(context),
+    )
     return answer["Plaintext"], answer["KeyId"]
 
 
@@ -129,9 +133,21 @@ def local_sealed_file(folder: Path, key_path: Path, values: Mapping[str, str], h
     return _env_file(folder, "".join(lines).encode())
 
 
-def kms_sealed_file(aws: Aws, key: Key, folder: Path, values: Mapping[str, str], head: str = "") -> Path:
-    """A .env file sealed under a new KMS data key, built with the library."""
-    answer = aws.kms.generate_data_key(KeyId=key.id, KeySpec="AES_256")
+def kms_sealed_file(
+    aws: Aws,
+    key: Key,
+    folder: Path,
+    values: Mapping[str, str],
+    head: str = "",
+    *,
+    context: Mapping[str, str] | None = None,
+    old_form: bool = False,
+) -> Path:
+    """A .env file sealed under a new KMS data key, built with the library; ``old_form``: the
+    data key wrapped as before the reserved context pair (under the user's ``context`` alone)."""
+    wrapping = dict(context or {}) if old_form else e.data_key_context(context)
+    extra = {"EncryptionContext": wrapping} if wrapping else {}
+    answer = aws.kms.generate_data_key(KeyId=key.id, KeySpec="AES_256", **extra)
     cipher = e.aead(answer["Plaintext"])
     lines = [head, f"{DATA_KEY}=kms:{base64.b64encode(answer['CiphertextBlob']).decode()}\n"]
     lines += [f"{name}={e.seal(cipher, name, value.encode())}\n" for name, value in values.items()]
@@ -325,6 +341,11 @@ def _error_setup(case: str, cli: Cli, aws: Aws, key: Key) -> tuple[Path, list[st
     if case == "rotate-local-data-key":
         path = local_sealed_file(folder, folder / "master.key", {"A": CANARY})
         return path, ["rotate", DATA_KEY, "--key-id", key.id]
+    if case in ("open-key-file-seal", "open-key-file-reseal"):
+        path = local_sealed_file(folder, folder / "master.key", {"A": CANARY}, head="B=b-value\n")
+        (folder / "master.key").chmod(0o640)
+        args = ["seal", "B"] if case.endswith("-seal") else ["reseal"]
+        return path, [*args, "--local-key-file", "master.key"]
     if case == "no-env-file":
         return folder / ".env", ["seal", "A", "--key-id", key.id]
     if case == "unknown-kms-key":
@@ -350,6 +371,8 @@ def _error_setup(case: str, cli: Cli, aws: Aws, key: Key) -> tuple[Path, list[st
         ("reseal-swapped", 2, "does not open"),
         ("reseal-local-without-key-file", 2, LOCAL_KEY_FILE),
         ("rotate-local-data-key", 2, "not KMS ciphertext"),
+        ("open-key-file-seal", 2, "(mode 0640); a key must be private to its owner: chmod 600 master.key"),
+        ("open-key-file-reseal", 2, "(mode 0640); a key must be private to its owner: chmod 600 master.key"),
         ("no-env-file", 2, ".env"),
         ("unknown-kms-key", 1, "AWS request failed"),
     ],
@@ -461,6 +484,99 @@ def test_rotate_rewraps_the_data_key_without_touching_values(cli: Cli, aws: Aws,
     assert (new_key, arn) == (old_key, other.arn)
     assert_bytes_hidden(run, cli.folder, new_key)
     assert seen(cli, list(VALUES)) == digests(VALUES)
+
+
+def test_rotate_the_data_key_to_another_context_keeps_the_reserved_pair(cli: Cli, aws: Aws, key: Key) -> None:
+    env_file = kms_sealed_file(aws, key, cli.folder, VALUES, context={"LambdaFunctionName": "fn"})
+    old_key, _ = kms_data_key(aws, _value(env_file, DATA_KEY), {"LambdaFunctionName": "fn"})
+    other = aws.create_key()
+    args = ["--key-id", other.id, "--lambda-function", "fn2", "--source-lambda-function", "fn"]
+    run = ok(cli.run("rotate", DATA_KEY, *args))
+    assert "LambdaFunctionName=fn2" in run.stdout and "secretboot:" not in run.stdout
+    wrapped = _value(env_file, DATA_KEY)
+    assert kms_data_key(aws, wrapped, {"LambdaFunctionName": "fn2"}) == (old_key, other.arn)
+    with pytest.raises(aws.kms.exceptions.InvalidCiphertextException):  # only with the pair
+        aws.decrypt(wrapped, {"LambdaFunctionName": "fn2"})
+    assert seen(cli, list(VALUES), env={"AWS_LAMBDA_FUNCTION_NAME": "fn2"}) == digests(VALUES)
+    assert_bytes_hidden(run, cli.folder, old_key)
+
+
+def test_rotate_an_old_form_data_key_points_to_reseal(cli: Cli, aws: Aws, key: Key) -> None:
+    env_file = kms_sealed_file(aws, key, cli.folder, VALUES, old_form=True)
+    before = Snapshot(env_file)
+    run = cli.run("rotate", DATA_KEY, "--key-id", key.id)
+    assert_usage_error(run, 1)
+    assert "InvalidCiphertext" in run.stderr and "secretboot reseal" in run.stderr
+    before.assert_unchanged()
+
+
+# -- the data key's form before the reserved context pair -------------------------------------
+
+
+@pytest.mark.parametrize("lambda_function", [None, "fn"])
+def test_reseal_migrates_an_old_form_data_key(
+    cli: Cli, aws: Aws, key: Key, lambda_function: str | None
+) -> None:
+    context = {"LambdaFunctionName": lambda_function} if lambda_function else None
+    env_file = kms_sealed_file(aws, key, cli.folder, VALUES, context=context, old_form=True)
+    blob = base64.b64decode(_value(env_file, DATA_KEY)[4:])
+    extra = {"EncryptionContext": context} if context else {}
+    old_key = aws.kms.decrypt(CiphertextBlob=blob, **extra)["Plaintext"]
+    env = {"AWS_LAMBDA_FUNCTION_NAME": lambda_function} if lambda_function else {}
+    options = ["--lambda-function", lambda_function] if lambda_function else []
+    # bootstrap() no longer opens it, and says what to do.
+    run = cli.run("exec", "--env-file", ".env", "--", sys.executable, "-c", "print('ran')", env=env)
+    assert run.returncode == 1 and "ran" not in run.stdout, str(run)
+    assert "InvalidCiphertext" in run.stderr and "run `secretboot reseal`" in run.stderr
+    # Nor does seal, which adds to the data key as it is.
+    with env_file.open("a") as handle:
+        handle.write("NEW=canary-new-Zz11\n")
+    before = Snapshot(env_file)
+    run = cli.run("seal", "NEW", *options)
+    assert_usage_error(run, 1)
+    assert "secretboot reseal" in run.stderr
+    before.assert_unchanged()
+    # reseal opens the old form, and writes the new one.
+    run = ok(cli.run("reseal", *options))
+    assert "was in the old form" in run.stdout
+    new_key, arn = kms_data_key(aws, _value(env_file, DATA_KEY), context)
+    assert arn == key.arn and new_key != old_key
+    assert seen(cli, list(VALUES), env=env) == digests(VALUES)
+    assert_bytes_hidden(run, cli.folder, new_key)
+    assert_bytes_hidden(run, cli.folder, old_key)
+    for value in VALUES.values():
+        assert_no_leak(run, cli.folder, value)
+    # Once migrated, a reseal says nothing of the old form.
+    assert "old form" not in ok(cli.run("reseal", *options)).stdout
+
+
+def _reserved_setup(cli: Cli, aws: Aws, key: Key) -> None:
+    content = f'A="{CANARY}"\nK={aws.encrypt("k-value", key)}\n'
+    kms_sealed_file(aws, key, cli.folder, {"S": ONE}, head=content)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["encrypt", "--key-id", "KEY", "--context", "secretboot:purpose=sealed-data-key"],
+        ["migrate", "A", "--key-id", "KEY", "--context", "app=x", "--context", "secretboot:purpose=y"],
+        ["seal", "A", "--key-id", "KEY", "--context", "secretboot:purpose=sealed-data-key"],
+        ["reseal", "--context", "secretboot:other=z"],
+        ["rotate", "K", "--key-id", "KEY", "--context", "secretboot:purpose=sealed-data-key"],
+        ["rotate", DATA_KEY, "--key-id", "KEY", "--source-context", "secretboot:purpose=sealed-data-key"],
+    ],
+    ids=["encrypt", "migrate", "seal", "reseal", "rotate", "rotate-source"],
+)
+def test_reserved_context_key_is_refused_by_every_command(
+    cli: Cli, aws: Aws, key: Key, args: list[str]
+) -> None:
+    _reserved_setup(cli, aws, key)
+    before = Snapshot(cli.folder / ".env")
+    run = cli.run(*[key.id if arg == "KEY" else arg for arg in args], stdin=b"plain-input")
+    assert_usage_error(run)
+    assert "encryption context keys starting with secretboot: are secretboot's own" in run.stderr
+    assert run.stdout == ""
+    before.assert_unchanged()
 
 
 # -- keygen -----------------------------------------------------------------------------------

@@ -170,7 +170,15 @@ def local(tmp_path: Path) -> Local:
 
 
 def kms_data_key(kms: Any, key_id: str, context: Mapping[str, str] | None = None) -> tuple[bytes, str]:
-    """(plaintext data key, ``kms:<base64>``) from GenerateDataKey."""
+    """(plaintext data key, ``kms:<base64>``) from GenerateDataKey, as ``secretboot seal`` makes
+    it: under the user's ``context`` plus the reserved pair."""
+    context = e.data_key_context(context)
+    answer = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=context)
+    return answer["Plaintext"], "kms:" + b64(answer["CiphertextBlob"])
+
+
+def old_form_data_key(kms: Any, key_id: str, context: Mapping[str, str] | None = None) -> tuple[bytes, str]:
+    """A data key as secretboot wrapped it before the reserved pair: under ``context`` alone."""
     extra = {"EncryptionContext": dict(context)} if context else {}
     answer = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256", **extra)
     return answer["Plaintext"], "kms:" + b64(answer["CiphertextBlob"])
@@ -181,8 +189,9 @@ def sealed(data_key: bytes, values: Mapping[str, str]) -> dict[str, str]:
     return {name: str(e.seal(cipher, name, value.encode())) for name, value in values.items()}
 
 
-def kms_value(kms: Any, key_id: str, plaintext: str) -> str:
-    return "kms:" + b64(kms.encrypt(KeyId=key_id, Plaintext=plaintext.encode())["CiphertextBlob"])
+def kms_value(kms: Any, key_id: str, plaintext: str, context: Mapping[str, str] | None = None) -> str:
+    extra = {"EncryptionContext": dict(context)} if context else {}
+    return "kms:" + b64(kms.encrypt(KeyId=key_id, Plaintext=plaintext.encode(), **extra)["CiphertextBlob"])
 
 
 def info_line(caplog: pytest.LogCaptureFixture) -> str:
@@ -557,9 +566,10 @@ def world(aws_env: dict[str, str], kms: Any, key_id: str, local: Local, tmp_path
     return World(aws_env, kms, key_id, local, data_key, wrapped, tmp_path)
 
 
-def key_file(world: World, name: str, content: bytes) -> str:
+def key_file(world: World, name: str, content: bytes, mode: int = 0o600) -> str:
     path = world.folder / name
     path.write_bytes(content)
+    path.chmod(mode)
     return str(path)
 
 
@@ -603,6 +613,18 @@ DATA_KEY_CASES: dict[str, tuple[str, Any, str, str]] = {
         "KeyFile",
         "one line of base64",
     ),
+    "key-file-readable-by-others": (
+        "local",
+        lambda w: {LOCAL_KEY_FILE: key_file(w, "open.key", (b64(w.local.master) + "\n").encode(), 0o644)},
+        "KeyFile",
+        "(mode 0644); a key must be private to its owner: chmod 600 ",
+    ),
+    "key-file-writable-by-group": (
+        "local",
+        lambda w: {LOCAL_KEY_FILE: key_file(w, "group.key", (b64(w.local.master) + "\n").encode(), 0o620)},
+        "KeyFile",
+        "(mode 0620)",
+    ),
     "kms-garbage-ciphertext": (
         "kms",
         lambda w: {DATA_KEY: "kms:" + b64(b"garbage-ciphertext-bytes")},
@@ -611,9 +633,15 @@ DATA_KEY_CASES: dict[str, tuple[str, Any, str, str]] = {
     ),
     "kms-wraps-16-bytes": (
         "kms",
-        lambda w: {DATA_KEY: kms_value(w.kms, w.key_id, "sixteen-bytes-ab")},
+        lambda w: {DATA_KEY: kms_value(w.kms, w.key_id, "sixteen-bytes-ab", e.data_key_context(None))},
         "Integrity",
         "wrong size",
+    ),
+    "kms-value-as-data-key": (
+        "kms",
+        lambda w: {DATA_KEY: kms_value(w.kms, w.key_id, "thirty-two-bytes-of-plain-text!!")},
+        "InvalidCiphertext",
+        "run `secretboot reseal`",
     ),
 }
 
@@ -728,6 +756,7 @@ def test_key_file_round_trip(tmp_path: Path) -> None:
     assert e.read_key_file(str(path)) == master
     crlf = tmp_path / "crlf.key"
     crlf.write_bytes(b64(master).encode() + b"\r\n")
+    crlf.chmod(0o600)
     assert e.read_key_file(str(crlf)) == master
 
 
@@ -791,9 +820,219 @@ def test_write_key_file_does_not_follow_a_symlink(tmp_path: Path) -> None:
 def test_read_key_file_names_the_path_not_the_content(tmp_path: Path, content: bytes, words: str) -> None:
     path = tmp_path / "bad.key"
     path.write_bytes(content)
+    path.chmod(0o600)
     with pytest.raises(ConfigurationError) as info:
         e.read_key_file(str(path))
     assert str(path) in str(info.value) and words in str(info.value)
     assert "canary" not in visible(info.value)
     if content:
         assert content.strip()[:20].decode() not in visible(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o610, 0o601, 0o666, 0o777])
+def test_read_key_file_refuses_a_key_open_to_group_or_others(tmp_path: Path, mode: int) -> None:
+    """As ssh refuses an unprotected private key: any bit for group or others, checked before
+    reading; the path and mode are named, and the fix, never the content."""
+    master = os.urandom(32)
+    path = tmp_path / "master key's.key"  # a path that must be quoted for the shell
+    path.write_bytes(b64(master).encode() + b"\n")
+    path.chmod(mode)
+    with pytest.raises(ConfigurationError) as info:
+        e.read_key_file(str(path))
+    message = str(info.value)
+    assert repr(str(path)) in message and f"(mode {mode:04o})" in message
+    assert f"chmod 600 '{tmp_path}/master key'\"'\"'s.key'" in message
+    assert_hidden(visible(info.value), blobs=[master])
+    path.chmod(0o600)
+    assert e.read_key_file(str(path)) == master
+    path.chmod(0o400)  # read-only for the owner is fine too
+    assert e.read_key_file(str(path)) == master
+
+
+def test_read_key_file_follows_a_symlink_and_checks_the_target(tmp_path: Path) -> None:
+    master = os.urandom(32)
+    target = tmp_path / "target.key"
+    target.write_bytes(b64(master).encode() + b"\n")
+    target.chmod(0o600)
+    link = tmp_path / "link.key"
+    link.symlink_to(target)  # a link's own mode (0777) says nothing
+    assert e.read_key_file(str(link)) == master
+    target.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="mode 0644"):
+        e.read_key_file(str(link))
+
+
+# -- the data key's reserved encryption context -----------------------------------------------
+
+
+class ContextRecorder(AwsProxy):
+    """Records the encryption context of every KMS ``Decrypt`` that passes (``None``: none sent)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.decrypts: list[tuple[str, dict[str, str] | None]] = []
+
+    def handle(self, request: Any) -> Any:
+        if request.target == "TrentService.Decrypt":
+            body = json.loads(request.body)
+            self.decrypts.append((body["CiphertextBlob"], body.get("EncryptionContext")))
+        return super().handle(request)
+
+
+PURPOSE_KEY, PURPOSE_VALUE = e.DATA_KEY_PURPOSE
+
+# name -> (the user's context as seal was given it, the settings that make bootstrap use it)
+USER_CONTEXTS: dict[str, tuple[dict[str, str] | None, dict[str, str]]] = {
+    "no-context": (None, {}),
+    "lambda": ({"LambdaFunctionName": "fn"}, {"AWS_LAMBDA_FUNCTION_NAME": "fn"}),
+    "explicit": ({"app": "billing"}, {"SECRETBOOT_KMS_CONTEXT": '{"app": "billing"}'}),
+}
+
+
+def test_data_key_context_adds_the_reserved_pair_to_any_user_context() -> None:
+    assert PURPOSE_KEY.startswith(e.RESERVED_CONTEXT_PREFIX)
+    assert e.data_key_context(None) == {PURPOSE_KEY: PURPOSE_VALUE}
+    assert e.data_key_context({}) == {PURPOSE_KEY: PURPOSE_VALUE}
+    user = {"LambdaFunctionName": "fn"}
+    assert e.data_key_context(user) == {"LambdaFunctionName": "fn", PURPOSE_KEY: PURPOSE_VALUE}
+    assert user == {"LambdaFunctionName": "fn"}  # the caller's mapping is not changed
+    for reserved in ({PURPOSE_KEY: "x"}, {"a": "b", "secretboot:other": ""}):
+        with pytest.raises(ValueError, match="reserved"):
+            e.data_key_context(reserved)
+
+
+@pytest.mark.parametrize("case", list(USER_CONTEXTS))
+def test_data_key_copied_into_another_variable_does_not_decrypt(
+    aws_env: dict[str, str], kms: Any, key_id: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: the data key's ciphertext copied into a variable read as a binary kms: value
+    would hand out the data key, which opens every sealed value offline. It fails closed."""
+    user, setting = USER_CONTEXTS[case]
+    data_key, wrapped = kms_data_key(kms, key_id, user)
+    values = sealed(data_key, PLAIN)
+    env = {**aws_env, **setting, DATA_KEY: wrapped, **values, "SECRETBOOT_BINARY_VARS": "GREETING"}
+    caplog.set_level(logging.DEBUG)
+    # The data key opens the sealed values...
+    assert dict(secretboot.bootstrap(environ=env)) == PLAIN
+    secretboot.reset()
+    # ...but its ciphertext as an ordinary kms: value decrypts under no context tried.
+    with ContextRecorder(aws_env["AWS_ENDPOINT_URL"]) as proxy, pytest.raises(BootstrapError) as info:
+        secretboot.bootstrap(environ={**env, "AWS_ENDPOINT_URL": proxy.url, "GREETING": wrapped})
+    assert reasons(info.value) == {"GREETING": "InvalidCiphertext"}
+    assert "GREETING" in str(info.value)
+    assert secretboot.getenv("GREETING") is None and "GREETING" not in os.environ
+    # One Decrypt for the data key, with the reserved pair; the copy's with the ordinary
+    # contexts only (in Lambda the function's, then none).
+    ordinary = [user, None] if case == "lambda" else [user]
+    expected = [e.data_key_context(user), *ordinary]
+    assert sorted(map(json.dumps, (c for _, c in proxy.decrypts))) == sorted(map(json.dumps, expected))
+    shown = visible(info.value) + caplog.text
+    assert_hidden(shown, strings=list(PLAIN.values()), blobs=[data_key])
+    assert_value_hidden(shown, wrapped, *values.values())
+
+
+@pytest.mark.parametrize("case", list(USER_CONTEXTS))
+def test_ordinary_kms_values_are_never_decrypted_with_the_reserved_pair(
+    aws_env: dict[str, str], kms: Any, key_id: str, case: str
+) -> None:
+    user, setting = USER_CONTEXTS[case]
+    data_key, wrapped = kms_data_key(kms, key_id, user)
+    plain = kms_value(kms, key_id, "plain-kms-canary-Rr3", user)
+    env = {**aws_env, **setting, DATA_KEY: wrapped, **sealed(data_key, PLAIN), "PLAIN_KMS": plain}
+    with ContextRecorder(aws_env["AWS_ENDPOINT_URL"]) as proxy:
+        env["AWS_ENDPOINT_URL"] = proxy.url
+        assert dict(secretboot.bootstrap(environ=env)) == {**PLAIN, "PLAIN_KMS": "plain-kms-canary-Rr3"}
+    contexts = {
+        ("data key" if "kms:" + blob == wrapped else "value"): context for blob, context in proxy.decrypts
+    }
+    assert contexts == {"data key": e.data_key_context(user), "value": user}
+
+
+def test_kms_value_copied_into_the_data_key_does_not_open_sealed_values(
+    aws_env: dict[str, str], kms: Any, key_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other way: whoever knows a kms: value's plaintext (or chose it) cannot make it the
+    data key: it does not unwrap under the reserved pair, so their sealed values do not open."""
+    known = os.urandom(32)
+    value = "kms:" + b64(kms.encrypt(KeyId=key_id, Plaintext=known)["CiphertextBlob"])
+    forged = sealed(known, {"A": "forged-by-whoever-knows-the-key"})
+    env = {**aws_env, DATA_KEY: value, **forged, "K": value, "SECRETBOOT_BINARY_VARS": "K"}
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BootstrapError) as info:
+        secretboot.bootstrap(environ=env)
+    assert reasons(info.value) == {"A": "InvalidCiphertext"}  # K itself, an ordinary value, is fine
+    (failure,) = info.value.failures
+    assert DATA_KEY in failure.detail and "secretboot reseal" in failure.detail
+    shown = visible(info.value) + caplog.text
+    assert_hidden(shown, strings=["forged-by-whoever-knows-the-key"], blobs=[known])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        json.dumps({PURPOSE_KEY: PURPOSE_VALUE}),
+        json.dumps({"app": "billing", PURPOSE_KEY: "anything"}),
+        json.dumps({"secretboot:other": "x"}),
+    ],
+    ids=["the-pair", "the-key", "the-prefix"],
+)
+def test_reserved_key_in_the_user_context_is_refused(aws_env: dict[str, str], raw: str) -> None:
+    env = {**aws_env, "SECRETBOOT_KMS_CONTEXT": raw, "A": "kms:" + b64(b"x" * 40)}
+    with pytest.raises(ConfigurationError) as info:
+        secretboot.bootstrap(environ=env)
+    assert "SECRETBOOT_KMS_CONTEXT" in str(info.value) and "secretboot:" in str(info.value)
+    assert "anything" not in str(info.value) and "billing" not in str(info.value)
+
+
+@pytest.mark.parametrize("case", list(USER_CONTEXTS))
+def test_old_form_data_key_fails_with_a_pointer_to_reseal(
+    aws_env: dict[str, str], kms: Any, key_id: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No compatibility path: a data key wrapped without the reserved pair is not tried without it."""
+    user, setting = USER_CONTEXTS[case]
+    data_key, wrapped = old_form_data_key(kms, key_id, user)
+    values = sealed(data_key, PLAIN)
+    env = {**aws_env, **setting, DATA_KEY: wrapped, **values}
+    caplog.set_level(logging.DEBUG)
+    with ContextRecorder(aws_env["AWS_ENDPOINT_URL"]) as proxy:
+        env["AWS_ENDPOINT_URL"] = proxy.url
+        with pytest.raises(BootstrapError) as info:
+            secretboot.bootstrap(environ=env)
+    assert reasons(info.value) == dict.fromkeys(PLAIN, "InvalidCiphertext")
+    assert all("run `secretboot reseal`" in f.detail for f in info.value.failures)
+    assert all(context and context[PURPOSE_KEY] == PURPOSE_VALUE for _, context in proxy.decrypts)
+    shown = visible(info.value) + caplog.text
+    assert_hidden(shown, strings=list(PLAIN.values()), blobs=[data_key])
+    assert_value_hidden(shown, wrapped, *values.values())
+
+
+@pytest.mark.parametrize("case", list(USER_CONTEXTS))
+def test_reseal_migrates_an_old_form_data_key_then_bootstrap_opens_it(
+    aws_env: dict[str, str],
+    kms: Any,
+    key_id: str,
+    case: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from secretboot import _cli
+
+    user, setting = USER_CONTEXTS[case]
+    old_key, wrapped = old_form_data_key(kms, key_id, user)
+    env_file = tmp_path / "app.env"
+    lines = [f"{DATA_KEY}={wrapped}", *(f"{k}={v}" for k, v in sealed(old_key, PLAIN).items())]
+    env_file.write_text("\n".join(lines) + "\n")
+    env = {**aws_env, **setting}
+    with pytest.raises(BootstrapError, match="secretboot reseal"):
+        secretboot.bootstrap(environ=env, env_file=env_file)
+    options = [f"--context={k}={v}" for k, v in (user or {}).items()]
+    assert _cli.main(["reseal", "--env-file", str(env_file), *options]) == _cli.OK
+    out, err = capsys.readouterr()
+    assert "was in the old form" in out and err == ""
+    secretboot.reset()
+    assert dict(secretboot.bootstrap(environ=env, env_file=env_file)) == PLAIN
+    (line,) = [x for x in env_file.read_text().splitlines() if x.startswith(DATA_KEY + "=")]
+    new = e.parse_data_key(line.split("=", 1)[1])
+    answer = kms.decrypt(CiphertextBlob=new.blob, EncryptionContext=e.data_key_context(user))
+    assert len(answer["Plaintext"]) == 32 and answer["Plaintext"] != old_key
+    assert_hidden(out, strings=list(PLAIN.values()), blobs=[old_key, answer["Plaintext"]])
