@@ -396,8 +396,8 @@ def _export_problem(name: str, value: str) -> str:
 def _export_failure(name: str, refs: Mapping[str, Reference], reason: str) -> Failure:
     ref = refs.get(name)
     # What follows an '=' (or a NUL) in a name may be a value, from a line like 'A=secret'=1.
-    shown = name.split("=", 1)[0].split("\x00", 1)[0]
-    shown = f"{shown}..." if shown != name else shown or "(empty name)"
+    head = name.split("=", 1)[0].split("\x00", 1)[0]
+    shown = (head or "(empty name)") + ("..." if head != name else "")
     return Failure(shown, ref.kind if ref else "plain", ref.target if ref else "-", "NotExportable", reason)
 
 

@@ -222,6 +222,72 @@ def test_keyring_repr_and_str_show_names_only() -> None:
     assert str(keyring) == repr(keyring)
 
 
+def test_keyring_views_show_names_only() -> None:
+    keyring = make_keyring()
+    views = {"keys": keyring.keys(), "items": keyring.items(), "values": keyring.values()}
+    for kind, view in views.items():
+        for text in (repr(view), str(view), f"{view}", view.__sentry_repr__()):  # type: ignore[attr-defined]
+            assert "API_KEY" in text and "DB_PASSWORD" in text, text
+            assert SECRET_A not in text and SECRET_B not in text and "Zq9" not in text, text
+        assert repr(view) == f"<{kind.title()} of Keyring ['API_KEY', 'DB_PASSWORD']>"
+        with pytest.raises(TypeError, match="cannot be pickled or copied"):
+            pickle.dumps(view)
+        with pytest.raises(TypeError, match="cannot be pickled or copied"):
+            copy.copy(view)
+    assert keyring.__sentry_repr__() == repr(keyring)  # type: ignore[attr-defined]
+
+
+def test_keyring_views_behave_as_a_dicts() -> None:
+    keyring = make_keyring()
+    plain = {"DB_PASSWORD": SECRET_A, "API_KEY": SECRET_B}
+    assert keyring.keys() == plain.keys() and keyring.items() == plain.items()
+    assert list(keyring.keys()) == list(plain) and list(keyring.values()) == list(plain.values())
+    assert list(keyring.items()) == list(plain.items()) and dict(keyring.items()) == plain
+    assert len(keyring.keys()) == len(keyring.items()) == len(keyring.values()) == 2
+    keys = keyring.keys()
+    assert "API_KEY" in keys and "NOPE" not in keys
+    assert ("API_KEY", SECRET_B) in keyring.items() and ("API_KEY", SECRET_A) not in keyring.items()
+    assert ("NOPE", SECRET_A) not in keyring.items()
+    assert SECRET_A in keyring.values() and "nope" not in keyring.values()
+    assert keyring.keys() & {"API_KEY", "OTHER"} == {"API_KEY"}
+    assert keyring.keys() | {"OTHER"} == {"API_KEY", "DB_PASSWORD", "OTHER"}
+
+
+def test_keyring_views_iterate_one_generation() -> None:
+    keyring = make_keyring()
+    items, values = iter(keyring.items()), iter(keyring.values())
+    first_item, first_value = next(items), next(values)
+    keyring._replace({"DB_PASSWORD": "new-a", "API_KEY": "new-b"}, keyring.references)
+    assert [first_item, *items] == [("DB_PASSWORD", SECRET_A), ("API_KEY", SECRET_B)]
+    assert [first_value, *values] == [SECRET_A, SECRET_B]
+    assert dict(keyring.items()) == {"DB_PASSWORD": "new-a", "API_KEY": "new-b"}
+
+
+def test_keyring_errors_leave_from_frames_without_the_keyring() -> None:
+    keyring = make_keyring()
+    attempts = [
+        lambda: keyring["NOPE"],
+        lambda: keyring.as_bytes("NOPE"),
+        lambda: keyring.fernet("NOPE"),
+        lambda: keyring.fernet("DB_PASSWORD"),
+        lambda: keyring.fernet("DB_PASSWORD", fallbacks="API_KEY"),
+        lambda: pickle.dumps(keyring),
+    ]
+    for attempt in attempts:
+        with pytest.raises((KeyError, ValueError, TypeError)) as info:
+            attempt()
+        tb = info.value.__traceback__.tb_next  # the lambda's frame holds the keyring: the caller's
+        assert tb is not None
+        tb = tb.tb_next
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.endswith("_keyring.py"):
+                held = tb.tb_frame.f_locals.values()
+                assert not any(value is keyring for value in held), tb.tb_frame.f_code.co_name
+                assert not any(isinstance(value, str) and "Zq9" in value for value in held)
+            tb = tb.tb_next
+        assert info.value.__context__ is None
+
+
 @pytest.mark.parametrize(
     "duplicate",
     [
