@@ -9,18 +9,38 @@ from typing import Any
 
 from secretboot import _transport as t
 
-# botocore logs request parameters and response bodies at DEBUG: ciphertext
-# going out, plaintext coming back. Those records are dropped for our calls.
-_BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers")
+# At DEBUG botocore logs request parameters and response bodies (ciphertext going
+# out, plaintext coming back: botocore.endpoint, botocore.parsers), the canonical
+# request with its X-Amz-Security-Token header (botocore.auth), bodies being
+# rewound (botocore.awsrequest), handlers' arguments (botocore.hooks,
+# botocore.handlers), and more as it changes. So for our calls every DEBUG record
+# of every botocore, boto3 and urllib3 logger is dropped, not a list of known
+# offenders; their warnings and errors still go through.
+_LIBRARY_LOGGERS = ("botocore", "boto3", "urllib3")
 _calling = threading.local()
 
 
-class _DropOurBodies(logging.Filter):
+class _DropOurDebug(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno > logging.DEBUG or not getattr(_calling, "active", False)
 
 
-_filter = _DropOurBodies()
+_filter = _DropOurDebug()
+
+
+def _guard_loggers() -> None:
+    """Put the filter on every library logger there is (a filter is not inherited).
+
+    Called once a client is built: by then botocore has imported the modules its
+    calls use, and so created their loggers. ``addFilter`` is idempotent.
+    """
+    loggers = logging.Logger.manager.loggerDict
+    for name in list(loggers):
+        logger = loggers.get(name)
+        if isinstance(logger, logging.Logger) and name.split(".", 1)[0] in _LIBRARY_LOGGERS:
+            logger.addFilter(_filter)
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).addFilter(_filter)
 
 
 class Boto3Transport:
@@ -57,9 +77,6 @@ class Boto3Transport:
         import boto3.session
         from botocore.config import Config
 
-        for name in _BODY_LOGGERS:
-            logging.getLogger(name).addFilter(_filter)  # idempotent
-
         aws = self._aws
         if self._session is None:
             self._session = boto3.session.Session(
@@ -80,6 +97,13 @@ class Boto3Transport:
         )
         client = self._session.client(service, config=config, endpoint_url=t.endpoint_url(aws, service))
         client.meta.events.register("after-call", self._count_retries)
+        _guard_loggers()
+        # botocore reads every answer whole; its HTTP session is wrapped to stop at
+        # MAX_ANSWER. Endpoint.http_session is botocore's, not public API: where a
+        # release lacks it, answers go unbounded (tests/test_fast.py would say so).
+        endpoint = getattr(client, "_endpoint", None)
+        if endpoint is not None and hasattr(endpoint, "http_session"):
+            endpoint.http_session = _BoundedSession(endpoint.http_session)
         return client
 
     def _count_retries(self, parsed: Mapping[str, Any], **kwargs: Any) -> None:
@@ -140,6 +164,72 @@ class Boto3Transport:
         if version_id:
             kwargs["VersionId"] = version_id
         return _secret(self._invoke("secretsmanager", "get_secret_value", kwargs))
+
+
+class _AnswerTooLarge(Exception):
+    """An answer longer than ``MAX_ANSWER``; the message names the operation, nothing else."""
+
+
+# Answers are read this much at a time, so an endless one costs at most
+# MAX_ANSWER and one chunk before it is refused.
+_CHUNK = 64 << 10
+
+
+class _BoundedSession:
+    """botocore's HTTP session, reading no answer past ``MAX_ANSWER`` bytes.
+
+    botocore's ``send`` reads the whole body unless the request streams its output;
+    this marks the request so, then reads the body itself, in chunks, after checking
+    any Content-Length. What a request streams by its own nature is left alone (no
+    operation secretboot calls does).
+    """
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def send(self, request: Any) -> Any:
+        if request.stream_output:
+            return self._session.send(request)
+        request.stream_output = True
+        response = self._session.send(request)
+        response._content = _bounded_body(response, request)  # what AWSResponse.content returns
+        return response
+
+
+def _bounded_body(response: Any, request: Any) -> bytes:
+    """The body of a botocore ``AWSResponse``, with the errors botocore's ``send`` would raise."""
+    from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+    from urllib3.exceptions import ProtocolError
+    from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
+
+    target = request.headers.get("X-Amz-Target") or b""  # bytes once botocore has signed
+    target = target.decode("ascii", "replace") if isinstance(target, bytes) else str(target)
+    operation = target.rpartition(".")[2] or "the request"
+    too_large = f"the {operation} answer is larger than {t.MAX_ANSWER >> 20} MiB, more than any real one"
+    raw = response.raw
+    length = str(response.headers.get("Content-Length", "") or "")
+    if length.isdecimal() and int(length) > t.MAX_ANSWER:  # refused before anything is read
+        raw.close()  # the connection is dropped, not reused with a body in it
+        raise _AnswerTooLarge(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in raw.stream(_CHUNK):
+            size += len(chunk)
+            if size > t.MAX_ANSWER:
+                break
+            chunks.append(chunk)
+    except Urllib3ReadTimeoutError as exc:
+        raise ReadTimeoutError(endpoint_url=request.url, error=exc) from None
+    except ProtocolError as exc:
+        raise ConnectionClosedError(error=exc, request=request, endpoint_url=request.url) from None
+    if size > t.MAX_ANSWER:
+        raw.close()
+        raise _AnswerTooLarge(too_large)
+    return b"".join(chunks)
 
 
 def _secret(answer: Mapping[str, Any]) -> t.Secret:
@@ -214,6 +304,8 @@ def _translated(exc: Exception) -> t.TransportError | None:
     """botocore's exception as a ``TransportError`` with a reason code; ``None`` if not botocore's."""
     from botocore import exceptions as be
 
+    if isinstance(exc, _AnswerTooLarge):
+        return t.TransportError(t.ANSWER_TOO_LARGE, str(exc))
     if isinstance(exc, be.ClientError):
         error = exc.response.get("Error", {})
         return t.TransportError(t.reason_for_code(str(error.get("Code", ""))), str(error.get("Message", "")))

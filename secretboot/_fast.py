@@ -207,6 +207,12 @@ class FastTransport:
             base = _TRANSIENT_BASE
             try:
                 status, answer_headers, data = pool.send(signed, body, connect_timeout, read_timeout)
+            except _AnswerTooLarge:
+                # Not retried: the same request would bring the same answer.
+                raise t.TransportError(
+                    t.ANSWER_TOO_LARGE,
+                    f"the {operation} answer is larger than {t.MAX_ANSWER >> 20} MiB, more than any real one",
+                ) from None
             except TimeoutError:
                 error = t.TransportError(t.TIMEOUT, f"{operation} timed out")
             except (OSError, http.client.HTTPException) as exc:
@@ -282,6 +288,31 @@ def _error(status: int, headers: Mapping[str, str], data: bytes) -> tuple[str, s
     return code or str(status), message
 
 
+class _AnswerTooLarge(Exception):
+    """An answer longer than ``MAX_ANSWER``: its connection is closed, the rest left unread."""
+
+
+# Answers of unknown length (chunked, or ended by closing the connection) are read
+# this much at a time, so an endless one costs at most MAX_ANSWER and one chunk.
+_CHUNK = 64 << 10
+
+
+def _read_bounded(response: http.client.HTTPResponse) -> bytes:
+    """The whole body of ``response``, or ``_AnswerTooLarge`` past ``MAX_ANSWER`` bytes."""
+    if response.length is not None:  # a Content-Length: checked before anything is read
+        if response.length > t.MAX_ANSWER:
+            raise _AnswerTooLarge
+        return response.read()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read(_CHUNK):
+        size += len(chunk)
+        if size > t.MAX_ANSWER:
+            raise _AnswerTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _Pool:
     """Keep-alive connections to one endpoint; each request takes one exclusively."""
 
@@ -323,7 +354,7 @@ class _Pool:
         try:
             conn.request("POST", self.path, body, dict(headers))
             response = conn.getresponse()
-            data = response.read()
+            data = _read_bounded(response)
         except BaseException:
             conn.close()
             raise

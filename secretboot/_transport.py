@@ -22,6 +22,15 @@ CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
 TOTAL_MAX_ATTEMPTS = 3
 
+# The largest answer either transport reads. The largest legitimate one is a
+# BatchGetSecretValue of 20 secrets of 64 KiB each: JSON escapes a control
+# character as 6 bytes ("\u0001"), so at worst 20 x 6 x 64 KiB = 7.5 MiB plus
+# names and metadata. Everything else is far smaller: GetParameters answers 10
+# values of at most 8 KB (advanced tier), under 0.5 MiB escaped; Decrypt at most
+# 4 KB of plaintext in base64. 16 MiB is twice the worst case, and still bounds
+# what a broken or hostile endpoint can make a process hold.
+MAX_ANSWER = 16 << 20
+
 # Reasons, normalised across transports. Values are what users see in errors.
 ACCESS_DENIED = "AccessDenied"
 INVALID_CREDENTIALS = "InvalidCredentials"
@@ -37,6 +46,7 @@ TIMEOUT = "Timeout"
 CONNECTION_ERROR = "ConnectionError"
 SERVICE_ERROR = "ServiceError"
 INVALID_REQUEST = "InvalidRequest"
+ANSWER_TOO_LARGE = "AnswerTooLarge"
 
 # AWS error codes (and moto's XML 403) mapped to the reasons above.
 _CODES: Mapping[str, str] = {

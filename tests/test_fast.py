@@ -1370,3 +1370,150 @@ def test_cold_process(moto_endpoint: str, tmp_path: Path, choice: str | None, lo
     assert child.returncode == 0, child.stderr
     result = json.loads(child.stdout)
     assert result == {"db": "kms-plaintext", "api": "ssm-plaintext", "loaded": loaded}
+
+
+# --- 6. Oversized answers ------------------------------------------------------------------
+
+HUGE = 64 << 20  # what the hostile endpoint sends: four times MAX_ANSWER
+_MIB = b"x" * (1 << 20)
+SMALL_ANSWER = json.dumps(
+    {
+        "Parameters": [{"Name": f"/big/{n}", "Value": "v", "ARN": ""} for n in range(3)],
+        "InvalidParameters": [],
+    }
+).encode()
+
+
+class BigAnswers(ThreadingHTTPServer):
+    """Answers the first ``small`` requests with a real GetParameters answer, then with ``mode``.
+
+    "chunked": 64 MiB in 1 MiB chunks; "close": 64 MiB with no length, ended by closing;
+    "length": a Content-Length of 64 MiB that a few bytes follow, then nothing.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, mode: str, small: int = 0) -> None:
+        super().__init__(("127.0.0.1", 0), _BigHandler)
+        self.mode = mode
+        self.small = small
+        self.requests = 0
+        self.sent = 0  # bytes of oversized body written before the client hung up
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(5)
+
+
+class _BigHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: BigAnswers
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.connection.settimeout(5)
+        with self.server.lock:
+            self.server.requests += 1
+            small = self.server.requests <= self.server.small
+        self.send_response(200)
+        self.send_header("Content-Type", JSON_TYPE)
+        if small:
+            self.send_header("Content-Length", str(len(SMALL_ANSWER)))
+            self.end_headers()
+            self.wfile.write(SMALL_ANSWER)
+            return
+        mode = self.server.mode
+        if mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        elif mode == "length":
+            self.send_header("Content-Length", str(HUGE))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        head = b'{"Parameters": [{"Name": "/big/0", "Value": "'
+        with contextlib.suppress(OSError):
+            if mode == "length":
+                self.wfile.write(head)
+                self.wfile.flush()
+                self.rfile.read(1)  # until the client hangs up (or 5 s)
+                return
+            for _ in range(HUGE // len(_MIB)):
+                if mode == "chunked":
+                    self.wfile.write(b"%x\r\n" % len(_MIB) + _MIB + b"\r\n")
+                else:
+                    self.wfile.write(_MIB)
+                with self.server.lock:
+                    self.server.sent += len(_MIB)
+            if mode == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def big_answers() -> Iterator[Callable[..., BigAnswers]]:
+    servers: list[BigAnswers] = []
+
+    def start(mode: str, small: int = 0) -> BigAnswers:
+        servers.append(BigAnswers(mode, small))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_max_answer_is_well_above_the_largest_real_answer() -> None:
+    # 20 secrets of 64 KiB, every byte a control character JSON writes as \u00XX.
+    worst_batch = 20 * 6 * 65536
+    assert worst_batch * 2 <= t.MAX_ANSWER < HUGE
+
+
+@pytest.mark.parametrize("transport", ["fast", "boto3"])
+@pytest.mark.parametrize("mode", ["chunked", "close", "length"])
+def test_an_oversized_answer_fails_every_variable_of_its_request_in_bounded_memory(
+    big_answers: Any, transport: str, mode: str
+) -> None:
+    import tracemalloc
+
+    from secretboot import SsmReference
+    from secretboot._resolve import resolve
+
+    server = big_answers(mode, small=1)
+    env = {**BASE_ENV, "AWS_ENDPOINT_URL": server.url, "SECRETBOOT_TRANSPORT": transport}
+    refs = {f"V{n}": SsmReference(f"/big/{n}") for n in range(3)}
+    settings = Settings(env)
+    chosen = default_transport(settings, ("ssm",))
+    assert chosen.name == transport
+    # A first, normal answer: clients, service models and connections exist before measuring.
+    warm = resolve(refs, settings, chosen)
+    assert (warm.values, warm.failures) == ({"V0": "v", "V1": "v", "V2": "v"}, [])
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        outcome = resolve(refs, settings, chosen)
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert outcome.values == {}
+    detail = "the GetParameters answer is larger than 16 MiB, more than any real one"
+    assert {(f.variable, f.reason, f.detail) for f in outcome.failures} == {
+        (f"V{n}", "AnswerTooLarge", detail) for n in range(3)
+    }
+    assert server.requests == 2  # not retried: the same request would bring the same answer
+    assert peak < t.MAX_ANSWER + (8 << 20) < HUGE
+    if mode == "length":  # refused on its Content-Length, before any of it is read
+        assert peak < 4 << 20
+        assert elapsed < 2
+    else:
+        assert server.sent < HUGE

@@ -6,6 +6,8 @@ cases are checked here against answers shaped like real AWS ones.
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -14,6 +16,8 @@ from secretboot import KmsReference, SsmReference, parse_reference
 from secretboot import _transport as t
 from secretboot._resolve import resolve
 from secretboot._settings import Settings
+from tests.conftest import moto_api
+from tests.localaws import REGION, client
 
 ARN_PREFIX = "arn:aws:ssm:us-east-1:123456789012:parameter"
 
@@ -159,3 +163,62 @@ def test_access_denied_batch_is_narrowed_to_the_denied_names(transport: AwsLikeT
     )
     assert values == {"A": "a", "B": "b"}
     assert failures == {"STOLEN": "AccessDenied"}
+
+
+# Credentials and data that no log record may carry.
+TOKEN = "session-token-canary-9f1e07"
+SECRET_KEY = "secret-access-key-canary-4b2d"
+KMS_PLAIN = "kms-plaintext-canary-61ac"
+SSM_PLAIN = "ssm-plaintext-canary-0d3f"
+SM_PLAIN = "sm-plaintext-canary-a87e"
+
+
+def test_boto3_debug_logging_carries_no_credentials_or_data(
+    moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """botocore.auth logs the canonical request (X-Amz-Security-Token included) at DEBUG,
+    botocore.endpoint the request body, botocore.parsers the answer: none of it for our calls."""
+    moto_api(moto_endpoint, "reset")
+    kms = client(moto_endpoint, "kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key, Plaintext=KMS_PLAIN.encode())["CiphertextBlob"]
+    client(moto_endpoint, "ssm").put_parameter(Name="/app/p", Value=SSM_PLAIN, Type="SecureString")
+    client(moto_endpoint, "secretsmanager").create_secret(Name="app/s", SecretString=SM_PLAIN)
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "AKIDLOGTEST",
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_SESSION_TOKEN": TOKEN,
+        "SECRETBOOT_TRANSPORT": "boto3",
+    }
+    ciphertext = base64.b64encode(blob).decode()
+    refs = {"K": f"kms:{ciphertext}", "P": "ssm:/app/p", "S": "secretsmanager:app/s"}
+    parsed = {name: parse_reference(value) for name, value in refs.items()}
+    canaries = (TOKEN, SECRET_KEY, ciphertext, ciphertext[20:60], KMS_PLAIN, SSM_PLAIN, SM_PLAIN)
+
+    caplog.set_level(logging.DEBUG)
+    for name in ("botocore", "boto3", "urllib3", "secretboot"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    outcome = resolve({n: r for n, r in parsed.items() if r is not None}, Settings(env))
+    assert outcome.failures == []
+    assert outcome.values == {"K": KMS_PLAIN, "P": SSM_PLAIN, "S": SM_PLAIN}
+    assert outcome.transport == "boto3"
+    formatter = logging.Formatter("%(name)s %(message)s")
+    texts = "\n".join(formatter.format(r) + repr(r.args) for r in caplog.records)
+    for canary in canaries:
+        assert canary not in texts
+
+    # Not vacuous: the same logging shows the token for a boto3 call that is not ours.
+    caplog.clear()
+    import boto3
+
+    theirs = boto3.session.Session(
+        aws_access_key_id="AKIDLOGTEST",
+        aws_secret_access_key=SECRET_KEY,
+        aws_session_token=TOKEN,
+        region_name=REGION,
+    ).client("ssm", endpoint_url=moto_endpoint)
+    theirs.get_parameters(Names=["/app/p"], WithDecryption=True)
+    texts = "\n".join(formatter.format(r) for r in caplog.records)
+    assert TOKEN in texts and SSM_PLAIN in texts
