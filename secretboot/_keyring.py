@@ -157,14 +157,9 @@ def _fernet(
         try:
             keys.append(Fernet(values[variable]))
         except (ValueError, TypeError):
-            # Built outside the except block: the caught error's context holds the key.
-            keys.clear()
-            return _not_a_key(variable)
+            # The caller raises it outside any except block: no __context__, which holds the key.
+            return ValueError(f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)")
     return MultiFernet(keys) if len(keys) > 1 else keys[0]
-
-
-def _not_a_key(variable: str) -> ValueError:
-    return ValueError(f"{variable} is not a Fernet key (32 url-safe base64-encoded bytes)")
 
 
 class _View:
