@@ -11,6 +11,7 @@ resolved again just after each restore, within Lambda's 10-second restore budget
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 
@@ -64,16 +65,20 @@ def after_restore(timeout: float = RESTORE_TIMEOUT) -> None:
     """Resolve again with the last boot's options; fail the restore if it cannot in time."""
     from secretboot._bootstrap import _state, bootstrap
 
-    environ, env_file, export = _state.options
     failure: list[BaseException] = []
 
-    def boot() -> None:
+    # The options travel as the thread's arguments, not as locals of this frame, and the
+    # error comes back without the thread's frames: error reporters send the locals of every
+    # frame in a traceback, and ``environ`` may hold references and ciphertext.
+    def boot(
+        environ: Mapping[str, str] | None, env_file: str | os.PathLike[str] | None, export: bool | None
+    ) -> None:
         try:
             bootstrap(refresh=True, environ=environ, env_file=env_file, export=export)
         except BaseException as exc:  # reported from the hook's own thread below
-            failure.append(exc)
+            failure.append(exc.with_traceback(None))
 
-    worker = threading.Thread(target=boot, name="secretboot-restore", daemon=True)
+    worker = threading.Thread(target=boot, args=_state.options, name="secretboot-restore", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():

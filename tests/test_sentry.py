@@ -269,6 +269,25 @@ def test_an_environ_argument_stays_out_of_secretboots_frames(
     world.canaries.assert_absent({"secretboot's frames": json.dumps(ours)})
 
 
+def test_a_failed_after_restore_with_an_environ_argument(
+    world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SnapStart hook boots again with the caller's environ: neither its frame nor the
+    # restore thread's may send that mapping (references, ciphertext) to a reporter.
+    from secretboot import _snapstart
+
+    env = _full_house(world)
+    secretboot.bootstrap(environ=env)
+    _snapstart.before_snapshot()
+    world.client("ssm").delete_parameter(Name=env["OK_SSM"].removeprefix("ssm:"))
+    exc = _caught(_snapstart.after_restore)
+    del env
+    assert isinstance(exc, BootstrapError) and exc.variables == ("OK_SSM",)
+    event = assert_reported_clean(sentry, world.canaries, exc)
+    frames = [f for v in event["exception"]["values"] for f in v["stacktrace"]["frames"]]
+    assert any(f.get("function") == "after_restore" for f in frames)
+
+
 # -- the keyring -------------------------------------------------------------------------------
 
 
