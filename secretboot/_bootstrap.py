@@ -186,7 +186,7 @@ def _boot(
 
     outcome = resolve(refs, settings)
     failures.extend(outcome.failures)
-    exports = _exports(file_values, outcome.values) if do_export else {}
+    exports = _exports(file_values, outcome.values, kms_vars) if do_export else {}
     failures.extend(_unexportable(exports, refs))
     elapsed_ms = (time.perf_counter() - started) * 1000
     calls = sum(outcome.calls.values())
@@ -359,11 +359,17 @@ def _unexported_view(base: Mapping[str, str]) -> dict[str, str]:
     return view
 
 
-def _exports(file_values: Mapping[str, str], resolved: Mapping[str, str]) -> dict[str, str]:
+def _exports(
+    file_values: Mapping[str, str], resolved: Mapping[str, str], kms_vars: frozenset[str]
+) -> dict[str, str]:
     """What export writes: every resolved value, and the file's values the environment lacks."""
     environment = _unexported_view(os.environ)
     exports = {k: v for k, v in file_values.items() if k not in environment}
     exports.update(resolved)
+    # A child inherits SECRETBOOT_KMS_VARS too, and would take the plaintext now in those
+    # variables for ciphertext and decrypt it again: it lists only what was not exported.
+    if kms_vars & exports.keys():
+        exports[s.KMS_VARS] = ",".join(sorted(kms_vars - exports.keys()))
     return exports
 
 

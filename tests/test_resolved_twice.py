@@ -159,3 +159,31 @@ def test_exec_never_hands_a_child_a_reference_to_resolve(
     assert OTHER not in done.stdout + done.stderr
     assert done.returncode != 0
     assert "HARMLESS" in done.stderr and "ResolvedToReference" in done.stderr
+
+
+@pytest.mark.parametrize("plaintext", ["other", "abcd1234"])
+def test_a_child_never_reads_exported_kms_vars_as_ciphertext(
+    aws_env: dict[str, str], kms: Any, key_id: str, other_ciphertext: str, plaintext: str
+) -> None:
+    """SECRETBOOT_KMS_VARS reaches the child too: it must not list the names now holding plaintext.
+
+    With "other", X's plaintext is the bare base64 of another secret's ciphertext, which a
+    child reading X as ciphertext would decrypt and show; "abcd1234" would make it fail.
+    """
+    value = other_ciphertext if plaintext == "other" else plaintext
+    child = [
+        sys.executable,
+        "-c",
+        "import os; print(os.environ['X'], os.environ['SECRETBOOT_KMS_VARS'] or '-')",
+    ]
+    command = [sys.executable, "-m", "secretboot", "exec", "--"]
+    done = subprocess.run(
+        [*command, *command, *child],
+        env={**os.environ, **aws_env, "X": encrypt(kms, key_id, value), "SECRETBOOT_KMS_VARS": "X"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert OTHER not in done.stdout + done.stderr
+    assert (done.returncode, done.stdout) == (0, f"{value} -\n"), done.stderr
