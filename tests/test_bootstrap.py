@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -631,3 +632,11 @@ def test_no_references_makes_no_calls(aws_env: dict[str, str], caplog: pytest.Lo
 
 def _client(aws_env: dict[str, str], service: str) -> Any:
     return client(aws_env["AWS_ENDPOINT_URL"], service)
+
+
+def test_an_env_file_starting_with_a_byte_order_mark(tmp_path: Path) -> None:
+    # Editors on Windows write one; the first name must not become "\ufeffFIRST".
+    path = tmp_path / ".env"
+    path.write_bytes(b"\xef\xbb\xbfFIRST=one\nSECOND=two\n")
+    secretboot.bootstrap(environ={}, env_file=path)
+    assert (secretboot.getenv("FIRST"), secretboot.getenv("SECOND")) == ("one", "two")
