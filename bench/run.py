@@ -181,7 +181,8 @@ def seal(kms: Any, key_id: str, plaintexts: Mapping[str, str]) -> dict[str, str]
     """The plaintexts sealed as ``secretboot seal`` does: one KMS data key for them all."""
     from secretboot import _envelope
 
-    answer = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    context = _envelope.data_key_context(None)  # the reserved pair, as seal wraps it
+    answer = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=context)
     cipher = _envelope.aead(answer["Plaintext"])
     sealed = {name: str(_envelope.seal(cipher, name, value.encode())) for name, value in plaintexts.items()}
     sealed["SECRETBOOT_DATA_KEY"] = "kms:" + base64.b64encode(answer["CiphertextBlob"]).decode()

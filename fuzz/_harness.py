@@ -494,6 +494,8 @@ def write_fixtures(folder: str, env_text: bytes) -> list[str]:
         path = os.path.join(folder, name)
         with open(path, "wb") as handle:
             handle.write(content)
+        if name.endswith(".bin"):
+            os.chmod(path, 0o600)  # key files open to group or others are refused before reading
         paths.append(path)
     return paths
 

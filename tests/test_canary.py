@@ -447,9 +447,12 @@ class World:
         return name
 
     def kms_data_key(self, label: str, context: Mapping[str, str] | None = None) -> tuple[bytes, str]:
-        """A data key from GenerateDataKey: (plaintext, ``kms:`` wrapped), both canaries."""
-        extra = {"EncryptionContext": dict(context)} if context else {}
-        answer = self.client("kms").generate_data_key(KeyId=self.key_id, KeySpec="AES_256", **extra)
+        """A data key from GenerateDataKey: (plaintext, ``kms:`` wrapped), both canaries.
+
+        Wrapped as ``secretboot seal`` wraps it: under ``context`` plus the reserved pair."""
+        answer = self.client("kms").generate_data_key(
+            KeyId=self.key_id, KeySpec="AES_256", EncryptionContext=envelope.data_key_context(context)
+        )
         self.canaries.blob(f"{label}-raw", answer["Plaintext"])
         return answer["Plaintext"], self.canaries.value(label, "kms:" + _b64(answer["CiphertextBlob"]))
 
@@ -818,6 +821,7 @@ def test_sealed_values_under_a_local_key(
     elif case == "not-a-key-file":
         path = world.folder / "not-a.key"
         path.write_text(world.plain("KEY-FILE-TEXT") + "\n")
+        path.chmod(0o600)  # private, so that its content is read
         env["SECRETBOOT_LOCAL_KEY_FILE"] = str(path)
     elif case == "wrong-master-key":
         env["SECRETBOOT_LOCAL_KEY_FILE"] = world.local("OTHER")["SECRETBOOT_LOCAL_KEY_FILE"]
@@ -1200,6 +1204,7 @@ def test_cli_failures_print_names_never_values(
         elif detail == "not-a-key-file":
             bad = world.folder / "not-a.key"
             bad.write_text(world.plain("KEY-FILE-TEXT") + "\n")
+            bad.chmod(0o600)  # private, so that its content is read
             argv += ["PLAIN_SECRET", "--local-key-file", str(bad)]
         elif detail == "unknown-kms-key":
             argv += ["PLAIN_SECRET", "--key-id", unknown_key]

@@ -374,14 +374,17 @@ def test_python_dash_m_is_the_same_command(cli: Cli, aws: Aws, key: Key) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus"], "1 unrecognized argument(s), not repeated here"),
         (["bogus"], "invalid choice"),
-        (["check", "--bogus"], "unrecognized arguments: --bogus"),
+        (["check", "--bogus"], "check: 1 unrecognized argument(s), not repeated here"),
         (["migrate", "SECRET_KEY"], "required: --key-id"),
         (["migrate", "--key-id", "k"], "required: NAME"),
-        (["migrate", "SECRET_KEY", "--key-id", "k", "extra"], "unrecognized arguments: extra"),
+        (["migrate", "SECRET_KEY", "--key-id", "k", "extra"], "migrate: 1 unrecognized argument(s)"),
         (["encrypt"], "required: --key-id"),
-        (["encrypt", "--key-id", "k", "a-positional-value"], "unrecognized arguments"),
+        (
+            ["encrypt", "--key-id", "k", "a-positional-value"],
+            "plaintext is read from stdin or a file, never from arguments",
+        ),
         (["rotate", "--key-id", "k"], "required: NAME"),
         (["migrate", "SECRET_KEY", "--key-id", "k", "--context", "no-equals-sign"], "K=V"),
         (["migrate", "SECRET_KEY", "--key-id", "k", "--context", "=v"], "K=V"),
@@ -417,6 +420,74 @@ def test_usage_errors_exit_2_and_touch_nothing(cli: Cli, args: list[str], messag
     assert run.stdout == ""
     before.assert_unchanged()
     assert_no_leak(run, cli.folder, CANARY, allowed=[env_file])
+
+
+# A word that must never be repeated: what a user could type as a misplaced plaintext.
+TOKEN = "argv-canary-Jt52"
+
+# Bad command lines for every subcommand, with TOKEN as a stray, invalid or misplaced value.
+BAD_ARGV = {
+    "top-stray": [TOKEN],
+    "top-option": ["--" + TOKEN],
+    "top-flag-value": ["--version=" + TOKEN],
+    "migrate-stray": ["migrate", "A", "--key-id", "k", TOKEN],
+    "migrate-flag-value": ["migrate", "A", "--key-id", "k", "--from-env=" + TOKEN],
+    "migrate-prefix-flag-value": ["migrate", "A", "--key-id", "k", "--o=" + TOKEN],
+    "migrate-unknown-option": ["migrate", "A", "--key-id", "k", "--" + TOKEN],
+    "migrate-context-no-pair": ["migrate", "A", "--key-id", "k", "--context", TOKEN],
+    "migrate-context-reserved": ["migrate", "A", "--key-id", "k", "--context", "secretboot:purpose=" + TOKEN],
+    "encrypt-stray": ["encrypt", "--key-id", "k", TOKEN],
+    "encrypt-stray-no-key": ["encrypt", TOKEN],
+    "encrypt-flag-value": ["encrypt", "--key-id", "k", "--overwrite=" + TOKEN],
+    "encrypt-unknown-option-value": ["encrypt", "--key-id", "k", "--plaintext=" + TOKEN],
+    "encrypt-context-no-pair": ["encrypt", "--key-id", "k", "--context=" + TOKEN],
+    "check-stray": ["check", TOKEN],
+    "check-flag-value": ["check", "--json=" + TOKEN],
+    "check-unknown-option-value": ["check", "--" + TOKEN + "=" + TOKEN],
+    "exec-unknown-option": ["exec", "--" + TOKEN, "--", "true"],
+    "exec-no-command": ["exec", "--e=" + TOKEN],
+    "seal-stray-option": ["seal", "A", "--key-id", "k", "--bogus=" + TOKEN],
+    "seal-both-keys": ["seal", "A", "--key-id", "k", "--local-key-file", TOKEN],
+    "seal-context-no-pair": ["seal", "A", "--key-id", "k", "--context", TOKEN],
+    "reseal-stray": ["reseal", TOKEN],
+    "reseal-unknown-option": ["reseal", "--source-context", TOKEN],
+    "reseal-context-reserved": ["reseal", "--context", "secretboot:x=" + TOKEN],
+    "keygen-stray": ["keygen", "new.key", TOKEN],
+    "keygen-flag-value": ["keygen", "new.key", "--force=" + TOKEN],
+    "rotate-stray": ["rotate", "K", "--key-id", "k", TOKEN],
+    "rotate-ambiguous": ["rotate", "K", "--key-id", "k", "--s=" + TOKEN],
+    "rotate-ambiguous-spaced": ["rotate", "K", "--key-id", "k", "--source=" + TOKEN],
+    "rotate-source-no-pair": ["rotate", "K", "--key-id", "k", "--source-context", TOKEN],
+    "rotate-source-reserved": ["rotate", "K", "--key-id", "k", "--source-context", "secretboot:p=" + TOKEN],
+    "rotate-missing-value": ["rotate", "K", TOKEN, "--key-id"],
+}
+
+
+def test_bad_argv_table_covers_every_subcommand() -> None:
+    assert {argv[0] for argv in BAD_ARGV.values()} >= {
+        "migrate", "encrypt", "check", "exec", "seal", "reseal", "keygen", "rotate",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGV))
+def test_usage_errors_never_repeat_argument_values(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value on the command line may be a plaintext typed in the wrong place: an error counts
+    or names the option, never repeats the value (argparse's own messages included)."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "SECRETBOOT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    _env_file(tmp_path, b"A=plain-a\nK=kms:AAAA\n")
+    before = Snapshot(tmp_path / ".env")
+    code = _cli.main(BAD_ARGV[case])
+    out, err = capsys.readouterr()
+    assert code == _cli.USAGE, (code, out, err)
+    assert err.startswith("secretboot: ") and "Traceback" not in err
+    assert TOKEN not in out + err and "Jt52" not in out + err
+    before.assert_unchanged()
+    assert not (tmp_path / "new.key").exists()
 
 
 # -- migrate ----------------------------------------------------------------------------------

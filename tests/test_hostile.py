@@ -439,16 +439,20 @@ def test_exec_never_runs_anything_here(cli_folder: Path, port: int, monkeypatch:
     assert result.code == 127 and ran == ["touch"] and not (cli_folder / "ran").exists()
 
 
-def test_argv_is_echoed_by_design(cli_folder: Path, port: int) -> None:
-    # argparse repeats a bad argument, and errors name paths and variables from argv. That is
-    # not a leak: plaintext never goes in argv (it is read from files, the environment or stdin).
+def test_argv_values_are_never_echoed_names_and_paths_are(cli_folder: Path, port: int) -> None:
+    # A stray or invalid argument may be a plaintext typed where it does not belong: usage errors
+    # count it and never repeat it. Errors still name the paths and variables argv asked for.
     marker = "argv-word-Q3"
     for argv in (
         ["--" + marker],
+        [marker],
         ["check", marker],
-        ["check", "--env-file", marker],
-        ["migrate", marker, "--key-id", "k"],
+        ["check", "--json=" + marker],
+        ["encrypt", "--key-id", "k", marker],
     ):
+        result = run_in(cli_folder, port, argv)
+        assert result.code == 2 and marker not in result.out + result.err, (argv, result.err)
+    for argv in (["check", "--env-file", marker], ["migrate", marker, "--key-id", "k"]):
         result = run_in(cli_folder, port, argv)
         assert result.code == 2 and marker in result.err, (argv, result.err)
 
