@@ -159,3 +159,25 @@ def test_envelope_doc_local_workflow_runs_as_documented(tmp_path: Path) -> None:
     assert "SECRET_KEY=sealed:" in sealed and "DB_PASSWORD=sealed:" in sealed
     assert "DEBUG=true\n" in sealed and "SECRETBOOT_DATA_KEY=local:" in sealed
     assert "dev-only-secret-key" not in sealed and "postgres" not in sealed
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_envelope_doc_states_the_data_key_context_and_messages_as_the_code_does(tmp_path: Path) -> None:
+    from secretboot import _envelope, _sealed
+
+    envelope_doc = _flat((ROOT / "docs" / "envelope.md").read_text())
+    key, value = _envelope.DATA_KEY_PURPOSE
+    assert f'"{key}": "{value}"' in envelope_doc
+    assert f"start with `{_envelope.RESERVED_CONTEXT_PREFIX}` are secretboot's own" in envelope_doc
+    assert _sealed._OLD_FORM_HINT.removeprefix("; ") in envelope_doc
+    # The key file refusal, as bootstrap() words it (the doc's path is an example).
+    path = tmp_path / "myapp-dev.key"
+    path.write_text("x\n")
+    path.chmod(0o644)
+    with pytest.raises(secretboot.ConfigurationError) as info:
+        _envelope.read_key_file(str(path))
+    message = str(info.value).replace(str(tmp_path), "/home/me/.config/secretboot")
+    assert f"SECRETBOOT_LOCAL_KEY_FILE: {message}" in envelope_doc
