@@ -2,9 +2,9 @@
 
 Contract: ``secretboot._cli.main(argv)`` returns one of the documented exit codes (0, 1, 2,
 126, 127, 130) and raises nothing; neither stdout nor stderr holds the canary planted in the
-values it reads from ``.env`` files, key files, the environment or stdin. argv words may come
-back (argparse repeats a bad argument; paths and names are shown): argv is not secret, since
-plaintext never goes there.
+values it reads from ``.env`` files, key files, the environment or stdin. Paths and variable
+names from argv may come back; a stray or invalid argument is never repeated by a usage error
+(tests/test_cli.py checks that with a table), but argv is not the canary's place here.
 
 Each run starts in a fresh copy of a working folder holding a hostile ``.env`` (from the
 input), a key file, sealed, KMS, duplicate and non-UTF-8 ``.env`` files. No AWS is reachable
