@@ -29,6 +29,11 @@ _MAX_TIMEOUT = 900.0
 TRANSPORTS = ("auto", "fast", "boto3")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
+RESERVED_CONTEXT_MESSAGE = (
+    f"{KMS_CONTEXT} uses a key starting with {RESERVED_CONTEXT_PREFIX}: encryption context keys "
+    f"starting with {RESERVED_CONTEXT_PREFIX} are secretboot's own"
+)
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -121,13 +126,10 @@ def _parse_context(raw: str) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in context.items()
     ):
         raise ConfigurationError(f"{KMS_CONTEXT} must be a JSON object of strings to strings")
-    reserved = reserved_context_keys(context)
-    if reserved:
-        # The keys are secretboot's own (the data key's marker): never the user's.
-        raise ConfigurationError(
-            f"{KMS_CONTEXT} uses the reserved key(s) {', '.join(reserved)}: encryption context keys "
-            f"starting with {RESERVED_CONTEXT_PREFIX} are secretboot's own"
-        )
+    if reserved_context_keys(context):
+        # The keys are secretboot's own (the data key's marker): never the user's. Fixed
+        # wording: nothing of the raw text is echoed.
+        raise ConfigurationError(RESERVED_CONTEXT_MESSAGE)
     return context
 
 
