@@ -8,7 +8,7 @@ import pickle
 from base64 import b64encode
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from secretboot import (
@@ -404,8 +404,15 @@ def test_kms_settings_deeply_nested_context_is_a_configuration_error() -> None:
 
 @PROPERTY
 @given(st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=5))
+@example({"secretboot:purpose": "sealed-data-key"})
 def test_kms_settings_context_property(context: dict[str, str]) -> None:
-    result = _settings.kms_settings({"SECRETBOOT_KMS_CONTEXT": json.dumps(context)})
+    setting = {"SECRETBOOT_KMS_CONTEXT": json.dumps(context)}
+    if any(key.startswith("secretboot:") for key in context):
+        # Reserved for the sealed values' data key: never a user's context.
+        with pytest.raises(ConfigurationError, match="are secretboot's own"):
+            _settings.kms_settings(setting)
+        return
+    result = _settings.kms_settings(setting)
     assert result.contexts == (context,)
 
 
@@ -419,6 +426,7 @@ def test_kms_settings_context_only_raises_configuration_error(raw: str) -> None:
         assert message in (
             "SECRETBOOT_KMS_CONTEXT is not valid JSON",
             "SECRETBOOT_KMS_CONTEXT must be a JSON object of strings to strings",
+            _settings.RESERVED_CONTEXT_MESSAGE,
         )  # fixed wording: the raw text is never echoed
     else:
         assert len(result.contexts) == 1
