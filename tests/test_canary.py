@@ -594,6 +594,9 @@ def test_everything_resolves_and_the_plaintext_is_only_in_the_keyring(world: Wor
     with observe(env) as obs:
         keyring = obs.call(secretboot.bootstrap, environ=env)
         check_rows = check(environ=env)
+        # Outside secretboot's calls: botocore's records reach the capture unless secretboot drops them.
+        for name in ("botocore.auth", "botocore.endpoint", "botocore.parsers"):
+            logging.getLogger(name).debug("probe")
     assert obs.error is None, repr(obs.error)
     assert keyring["OK_SSM"].startswith("CANARY-OK-SSM-") and keyring["OK_SM"].startswith("CANARY-SM-PASS")
     assert json.loads(keyring["OK_SM_WHOLE"])["password"] == keyring["OK_SM"]
@@ -608,10 +611,10 @@ def test_everything_resolves_and_the_plaintext_is_only_in_the_keyring(world: Wor
     )
     obs.assert_clean()
     assert any("resolved 5 secrets" in text for text in obs.logs), "the INFO line was not captured"
-    if env["SECRETBOOT_TRANSPORT"] == "boto3":
-        # botocore logs every request's parameters and every response body at DEBUG unless
-        # secretboot drops them: its other DEBUG records were seen, so these would have been.
-        assert any(text.startswith("botocore.auth DEBUG") for text in obs.logs), "no botocore records"
+    # botocore logs every request's parameters, response bodies and (botocore.auth) the session
+    # token at DEBUG: the probes show such records would have been captured, had they been let out.
+    for name in ("botocore.auth", "botocore.endpoint", "botocore.parsers"):
+        assert any(text.startswith(f"{name} DEBUG probe\n") for text in obs.logs), f"no {name} records"
 
 
 # Failures decided by an AWS answer run on both transports; those decided locally (after the
