@@ -31,7 +31,7 @@ from sentry_sdk.transport import Transport
 
 import secretboot
 from secretboot import BootstrapError, ConfigurationError, SecretbootError
-from tests.test_canary import Canaries, World, _new_world
+from tests.test_canary import Canaries, World, _full_house, _new_world
 
 ROOT = Path(__file__).resolve().parent.parent
 DJANGO_PROJECT = ROOT / "tests" / "django_project"
@@ -144,18 +144,6 @@ def assert_reported_clean(sentry: _Capture, canaries: Canaries, exc: BaseExcepti
         }
     )
     return event
-
-
-def _full_house(world: World) -> dict[str, str]:
-    """A resolvable reference of each AWS kind, each a canary: what a failure sits next to."""
-    secret = world.secret("SM")
-    return {
-        **world.env,
-        "OK_KMS": world.kms("OK-KMS"),
-        "OK_SSM": world.ssm("OK-SSM"),
-        "OK_SM": f"secretsmanager:{secret}#password",
-        "OK_SM_WHOLE": f"secretsmanager:{secret}",
-    }
 
 
 def _environ(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
