@@ -35,7 +35,14 @@ from secretboot._reference import (
     parse_reference,
     parse_sealed,
 )
-from secretboot._settings import DATA_KEY, KMS_CONTEXT, LAMBDA_FUNCTION_NAME, LOCAL_KEY_FILE
+from secretboot._settings import (
+    DATA_KEY,
+    KMS_CONTEXT,
+    LAMBDA_FUNCTION_NAME,
+    LOCAL_KEY_FILE,
+    RESERVED_CONTEXT_PREFIX,
+    reserved_context_keys,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -324,11 +331,10 @@ def _context(
         if not sep or not key:
             raise UsageError(f"{option} takes K=V pairs")
         context[key] = value
-    if envelope.reserved_context_keys(context):
+    if reserved_context_keys(context):
         # Those keys mark the sealed values' data key; see envelope.data_key_context.
         raise UsageError(
-            f"{option}: encryption context keys starting with {envelope.RESERVED_CONTEXT_PREFIX} "
-            "are secretboot's own"
+            f"{option}: encryption context keys starting with {RESERVED_CONTEXT_PREFIX} are secretboot's own"
         )
     return context or None
 

@@ -38,6 +38,7 @@ from secretboot._reference import (
     _base64,
     parse_kms,
 )
+from secretboot._settings import RESERVED_CONTEXT_PREFIX, reserved_context_keys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ _KEY_FILE_PRIVATE = 0o077  # no permission bit for group or others, as ssh asks 
 
 # The encryption context pair that marks KMS ciphertext as a sealed values' data key. Encryption
 # context keys starting with RESERVED_CONTEXT_PREFIX are secretboot's: refused in user contexts.
-RESERVED_CONTEXT_PREFIX = "secretboot:"
 DATA_KEY_PURPOSE = (RESERVED_CONTEXT_PREFIX + "purpose", "sealed-data-key")
 
 
@@ -90,11 +90,6 @@ def parse_data_key(value: str) -> WrappedKey:
             raise ReferenceSyntaxError("not a data key wrapped by secretboot keygen's format")
         return WrappedKey("local", blob)
     raise ReferenceSyntaxError("must start with kms: (wrapped by KMS) or local: (wrapped by a key file)")
-
-
-def reserved_context_keys(context: Mapping[str, str] | None) -> list[str]:
-    """The keys of ``context`` that only secretboot may use (sorted; empty if none)."""
-    return sorted(key for key in context or () if key.startswith(RESERVED_CONTEXT_PREFIX))
 
 
 def data_key_context(context: Mapping[str, str] | None) -> dict[str, str]:

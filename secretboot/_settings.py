@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from secretboot._envelope import RESERVED_CONTEXT_PREFIX, reserved_context_keys
 from secretboot._errors import ConfigurationError
 
 KMS_VARS = "SECRETBOOT_KMS_VARS"
@@ -29,6 +28,10 @@ _MAX_TIMEOUT = 900.0
 TRANSPORTS = ("auto", "fast", "boto3")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
+# Encryption context keys that only secretboot may use (the sealed values' data key is
+# wrapped under one): refused in every user context. Here, not in _envelope, so that
+# reading settings does not import the envelope code at start-up.
+RESERVED_CONTEXT_PREFIX = "secretboot:"
 RESERVED_CONTEXT_MESSAGE = (
     f"{KMS_CONTEXT} uses a key starting with {RESERVED_CONTEXT_PREFIX}: encryption context keys "
     f"starting with {RESERVED_CONTEXT_PREFIX} are secretboot's own"
@@ -171,3 +174,8 @@ def flag(env: Mapping[str, str], name: str, explicit: bool | None) -> bool:
     if raw in _FALSE:
         return False
     raise ConfigurationError(f"{name} must be one of 1/0, true/false, yes/no, on/off")
+
+
+def reserved_context_keys(context: Mapping[str, str] | None) -> list[str]:
+    """The keys of ``context`` that only secretboot may use (sorted; empty if none)."""
+    return sorted(key for key in context or () if key.startswith(RESERVED_CONTEXT_PREFIX))

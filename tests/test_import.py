@@ -40,6 +40,8 @@ def test_import_and_plain_bootstrap_load_no_aws_code() -> None:
         assert "secretboot" in modules
         if phase == "import":
             assert not [m for m in modules if m.split(".")[0] in heavy], modules
+            # The envelope code (sealed values, key files) loads only when something is sealed.
+            assert "secretboot._envelope" not in modules, modules
         else:
             assert not [m for m in modules if m.split(".")[0] in heavy[:5]], modules
     assert result["len"] == 0
