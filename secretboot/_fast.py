@@ -2,10 +2,12 @@
 
 Importing botocore and building its clients costs far more than the requests
 themselves on a cold start; this speaks the two calls secretboot needs with the
-standard library. It keeps boto3's behaviour where it matters: standard-mode
-retries (exponential backoff with full jitter on throttling, 5xx and connection
-errors), connect and read timeouts, TLS verified against the system's trust
-store, keep-alive connections reused per endpoint, the same reason codes.
+standard library. It keeps boto3's behaviour where it matters: retries with
+exponential backoff and full jitter on throttling, 5xx and connection errors
+(bounded by the deadline, see ``_retry``), optionally a client-side rate limit
+per service after throttling (botocore's ``adaptive`` mode), connect and read timeouts,
+TLS verified against the system's trust store, keep-alive connections reused
+per endpoint, the same reason codes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from secretboot import _sigv4
+from secretboot import _retry, _sigv4
 from secretboot import _transport as t
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
@@ -28,30 +30,6 @@ if TYPE_CHECKING:
 
 _TARGETS = {"kms": "TrentService", "ssm": "AmazonSSM", "secretsmanager": "secretsmanager"}
 _USER_AGENT = "secretboot/0.1.0 (fast transport)"
-
-# botocore's standard retry mode, mirrored.
-_THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-    }
-)
-_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
-_TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
-_THROTTLING_BASE = 1.0
-_TRANSIENT_BASE = 0.05
-_MAX_BACKOFF = 20.0
 
 # Regions of the standard "aws" partition, whose endpoints are
 # {service}.{region}.amazonaws.com. Anything else goes to boto3.
@@ -93,7 +71,16 @@ class FastTransport:
         deadline: t.Deadline | None = None,
         rand: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        adaptive: bool = False,
     ) -> None:
+        """``rand``, ``sleep`` and ``clock`` are injected for tests: ``rand`` draws the jitter
+        (by default from the operating system), ``clock`` times the rate limiters.
+        ``adaptive=True`` turns on a rate limiter per service (botocore's ``adaptive`` mode).
+        It is off by default until tuned: with botocore's constants it cut the rate to its
+        floor when every request was throttled five times, and the start failed waiting
+        for tokens that only the deadline could refuse.
+        """
         why = unsupported(env, services)
         if why is not None:
             raise ValueError(f"the fast transport cannot be used: {why}")
@@ -104,9 +91,12 @@ class FastTransport:
         # AWS credentials are ASCII; anything else cannot be signed (nor shown: it is a key).
         self._credentials_ok = (self._access_key + self._secret_key + (self._token or "")).isascii()
         self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
-        self._rand = rand
         self._sleep = sleep
         self._deadline = deadline
+        self._policy = _retry.RetryPolicy(deadline, rand=rand)
+        self._limiters = (
+            {service: _retry.RateLimiter(clock=clock) for service in _TARGETS} if adaptive else {}
+        )
         self._pools = {
             service: _Pool(
                 t.endpoint_url(env, service) or f"https://{service}.{self._region}.amazonaws.com",
@@ -116,13 +106,6 @@ class FastTransport:
         }
         self.retries = 0
         self._retries_lock = threading.Lock()
-
-    def _jitter(self) -> float:
-        if self._rand is None:
-            import random  # only once a retry is due
-
-            self._rand = random.random
-        return self._rand()
 
     def decrypt(
         self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
@@ -184,13 +167,27 @@ class FastTransport:
         }
         if not self._credentials_ok:
             raise t.TransportError(t.INVALID_CREDENTIALS, "the AWS credentials hold non-ASCII characters")
+        policy, limiter = self._policy, self._limiters.get(service)
         error: t.TransportError | None = None
-        for attempt in range(1, t.TOTAL_MAX_ATTEMPTS + 1):
+        attempt = 0
+        pause = 0.0
+        while True:
+            if limiter is not None:
+                wait = limiter.reserve(pause, policy.room())
+                if wait is None:  # no token before the deadline: this request is not sent
+                    raise _out_of_time(operation, attempt, error, waiting=f"the {service} rate limit")
+                pause = wait
+            if pause > 0:
+                self._sleep(pause)
+            if not policy.may_start():
+                raise _out_of_time(operation, attempt, error)
+            attempt += 1
+            if attempt > 1:
+                with self._retries_lock:
+                    self.retries += 1
             connect_timeout, read_timeout = t.CONNECT_TIMEOUT, t.READ_TIMEOUT
             if self._deadline is not None:
                 left = self._deadline.remaining()
-                if left <= 0:
-                    raise _out_of_time(operation, attempt - 1, error)
                 connect_timeout, read_timeout = min(connect_timeout, left), min(read_timeout, left)
             signed = _sigv4.sign(
                 method="POST",
@@ -204,7 +201,8 @@ class FastTransport:
                 region=self._region,
                 service=service,
             )
-            base = _TRANSIENT_BASE
+            base = _retry.TRANSIENT_BASE
+            sent_at = limiter.sent() if limiter is not None else None
             try:
                 status, answer_headers, data = pool.send(signed, body, connect_timeout, read_timeout)
             except _AnswerTooLarge:
@@ -219,25 +217,26 @@ class FastTransport:
                 error = t.TransportError(t.CONNECTION_ERROR, type(exc).__name__)
             else:
                 if status == 200:
+                    if limiter is not None:
+                        limiter.answered(throttled=False, sent_at=sent_at)
                     answer = _json(data)
                     if answer is None:  # not raised in an except block: the error holds the body
                         raise t.TransportError(t.SERVICE_ERROR, f"{operation} answered non-JSON")
                     return answer
                 code, message = _error(status, answer_headers, data)
                 error = t.TransportError(t.reason_for_code(code), message)
-                if code in _THROTTLING_CODES:
-                    base = _THROTTLING_BASE
-                elif code not in _TRANSIENT_CODES and status not in _TRANSIENT_STATUS:
+                retried = _retry.base_for(code, status)
+                if limiter is not None:
+                    limiter.answered(throttled=retried == _retry.THROTTLING_BASE, sent_at=sent_at)
+                if retried is None:
                     raise error
-            if attempt == t.TOTAL_MAX_ATTEMPTS:
-                raise error
-            pause = self._jitter() * min(base * 2 ** (attempt - 1), _MAX_BACKOFF)
-            if self._deadline is not None and pause >= self._deadline.remaining():
-                raise _out_of_time(operation, attempt, error)  # no time left to wait and try again
-            with self._retries_lock:
-                self.retries += 1
-            self._sleep(pause)
-        raise AssertionError("unreachable")
+                base = retried
+            next_pause = policy.pause(attempt, base)
+            if next_pause is None:
+                if self._deadline is None:
+                    raise error  # without a deadline: the attempts are counted, and spent
+                raise _out_of_time(operation, attempt, error)  # no room left for another attempt
+            pause = next_pause
 
 
 def _json(data: bytes) -> dict[str, Any] | None:
@@ -249,16 +248,19 @@ def _json(data: bytes) -> dict[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
-def _out_of_time(operation: str, attempts: int, last: t.TransportError | None) -> t.TransportError:
-    """The deadline ran out: say how many attempts were made and what the last one met."""
+def _out_of_time(
+    operation: str, attempts: int, last: t.TransportError | None, *, waiting: str = ""
+) -> t.TransportError:
+    """The deadline ran out: say what for, how many attempts were made and what the last one met."""
     if last is None:
         reason = ""
     elif last.reason == t.TIMEOUT:
         reason = "; the last one got no answer in time"
     else:
         reason = f"; the last one met {last.reason}"
+    what = f" waiting for {waiting}" if waiting else ""
     return t.TransportError(
-        t.TIMEOUT, f"SECRETBOOT_TIMEOUT ran out for {operation} after {attempts} attempt(s){reason}"
+        t.TIMEOUT, f"SECRETBOOT_TIMEOUT ran out for {operation}{what} after {attempts} attempt(s){reason}"
     )
 
 

@@ -686,11 +686,15 @@ def serve() -> Iterator[Callable[..., ScriptedServer]]:
 
 
 class Made:
-    """A ``FastTransport`` with a fixed jitter of 1.0 and recorded sleeps."""
+    """A ``FastTransport`` with a fixed jitter of 1.0 and recorded sleeps.
+
+    Its rate limiters are off, so the sleeps are the backoff schedule alone (the limiters
+    are tested in test_retry.py and test_reliability.py).
+    """
 
     def __init__(self, env: Mapping[str, str], rand: Callable[[], float] = lambda: 1.0) -> None:
         self.sleeps: list[float] = []
-        self.transport = FastTransport(env, rand=rand, sleep=self.sleeps.append)
+        self.transport = FastTransport(env, rand=rand, sleep=self.sleeps.append, adaptive=False)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import secretboot
-from secretboot import BootstrapError, ConfigurationError, _fast
+from secretboot import BootstrapError, ConfigurationError, _fast, _retry
 from secretboot import _transport as t
 from secretboot._settings import Settings
 from tests.awsproxy import (
@@ -46,6 +46,10 @@ INFO_LINE = re.compile(
     r"resolved (?P<secrets>\d+) secrets \(.*\) with (?P<calls>\d+) API calls \(.*\) "
     r"and (?P<retries>\d+) retries via (?P<transport>\w+) in \d+ ms"
 )
+OUT_OF_TIME = re.compile(
+    r"SECRETBOOT_TIMEOUT ran out for (?P<operation>Decrypt|GetParameters)(?P<waiting> waiting for .+)? "
+    r"after (?P<attempts>\d+) attempt\(s\); the last one met (?P<reason>\w+)"
+)
 WARNING_LINE = re.compile(
     r"could not resolve (?P<variables>.+) after (?P<calls>\d+) API calls "
     r"and (?P<retries>\d+) retries in \d+ ms"
@@ -55,21 +59,22 @@ WARNING_LINE = re.compile(
 # --- helpers -------------------------------------------------------------------------------
 
 
-class AtMostTwice(AwsProxy):
-    """Faults any one request (the same body: every attempt of one call) at most twice.
+class AtMost(AwsProxy):
+    """Faults any one request (the same body: every attempt of one call) at most ``most`` times.
 
-    With three attempts per call, every call then gets through however a random ``rate``
-    falls on the requests, and every fault costs exactly one retry.
+    With attempts to spare, every call then gets through however a random ``rate`` falls on
+    the requests, and every fault costs exactly one retry.
     """
 
-    def __init__(self, upstream: str, **kwargs: Any) -> None:
+    def __init__(self, upstream: str, *, most: int = 2, **kwargs: Any) -> None:
         super().__init__(upstream, **kwargs)
+        self._most = most
         self._faulted: Counter[bytes] = Counter()
         self._faulted_lock = threading.Lock()
 
     def apply_faults(self, request: ProxyRequest) -> ProxyResponse | None:
         with self._faulted_lock:
-            if self._faulted[request.body] >= 2:
+            if self._faulted[request.body] >= self._most:
                 return None
         answer = super().apply_faults(request)
         if answer is not None:
@@ -99,8 +104,8 @@ class InFlightProxy(AwsProxy):
 
 
 @pytest.fixture
-def proxy(aws_env: dict[str, str]) -> Iterator[AtMostTwice]:
-    running = AtMostTwice(aws_env["AWS_ENDPOINT_URL"])
+def proxy(aws_env: dict[str, str]) -> Iterator[AtMost]:
+    running = AtMost(aws_env["AWS_ENDPOINT_URL"])
     with running:
         yield running
 
@@ -184,7 +189,7 @@ def test_random_faults_are_retried_and_every_value_resolves(
     kms: Any,
     ssm: Any,
     key_id: str,
-    proxy: AtMostTwice,
+    proxy: AtMost,
     fault: Fault,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
@@ -240,11 +245,16 @@ def test_persistent_outage_fails_every_variable_and_changes_nothing(
         assert set(error.variables) == set(expected)
         reasons = {f.reason for f in error.failures}
         assert reasons <= {t.SERVICE_ERROR, t.TIMEOUT}
+        calls = sum(calls_for(5, 12).values())
         if aws_env["SECRETBOOT_TRANSPORT"] == "fast":
-            # 3 attempts with 50 ms-based backoff: gives up long before the deadline.
-            assert reasons == {t.SERVICE_ERROR}
-            assert elapsed < 1.0
-            assert sum(proxy.counts().values()) == 3 * sum(calls_for(5, 12).values())
+            # Retried for as long as the deadline left room, then out of time, naming the last answer.
+            assert reasons == {t.TIMEOUT}
+            assert elapsed >= 1.5 - 0.1
+            for failure in error.failures:
+                found = OUT_OF_TIME.fullmatch(failure.detail)
+                assert found is not None and found["reason"] == t.SERVICE_ERROR, failure.detail
+                assert int(found["attempts"]) > 3  # more than the old fixed count
+            assert sum(proxy.counts().values()) == calls + int(warning_line(caplog)["retries"])
         assert rule.fired > 0
         assert dict(os.environ) == environ_before
         for plaintext in expected.values():
@@ -252,7 +262,7 @@ def test_persistent_outage_fails_every_variable_and_changes_nothing(
         warning = warning_line(caplog)
         assert set(warning["variables"].split(", ")) == set(expected)
         if aws_env["SECRETBOOT_TRANSPORT"] == "fast":
-            assert int(warning["retries"]) == 2 * sum(calls_for(5, 12).values())
+            assert int(warning["retries"]) >= 3 * calls
 
         # The failure was not cached: once AWS answers, the same call succeeds.
         proxy.clear_faults()
@@ -294,7 +304,7 @@ def test_black_hole_times_out_every_variable_within_the_deadline(
 
 
 def test_a_reset_on_the_first_request_of_each_target_is_retried(
-    aws_env: dict[str, str], kms: Any, ssm: Any, key_id: str, proxy: AtMostTwice
+    aws_env: dict[str, str], kms: Any, ssm: Any, key_id: str, proxy: AtMost
 ) -> None:
     expected = references(ssm, n_kms=4, n_ssm=15)
     env = environment(aws_env, kms, key_id, expected, proxy.url, SECRETBOOT_TIMEOUT="10")
@@ -311,7 +321,7 @@ def test_a_reset_on_the_first_request_of_each_target_is_retried(
 
 
 @FAST_ONLY
-def test_throttling_gives_up_before_the_deadline_rather_than_sleeping_past_it(
+def test_throttling_is_retried_until_the_deadline_and_no_pause_crosses_it(
     aws_env: dict[str, str],
     kms: Any,
     ssm: Any,
@@ -321,7 +331,8 @@ def test_throttling_gives_up_before_the_deadline_rather_than_sleeping_past_it(
 ) -> None:
     caplog.set_level(logging.INFO, logger="secretboot")
     expected = references(ssm, n_kms=2, n_ssm=3)
-    # Full jitter at its top: pauses of 1 s, then 2 s, which would end past the deadline.
+    # Full jitter at its top: pauses of 1 s, then 2 s, which would end past the deadline,
+    # so the second is drawn within what is left of it.
     quick_transport(monkeypatch, lambda: 1.0)
     with AwsProxy(aws_env["AWS_ENDPOINT_URL"]) as proxy:
         env = environment(aws_env, kms, key_id, expected, proxy.url, SECRETBOOT_TIMEOUT="2")
@@ -329,33 +340,78 @@ def test_throttling_gives_up_before_the_deadline_rather_than_sleeping_past_it(
 
         error, elapsed = timed_failure(env)
 
-        assert 0.9 <= elapsed < 2.0  # slept the first pause, not the second
+        # Slept the first pause; then either the deadline or, once no token of the rate limiter
+        # could come before it, the limiter ended the retries: never past the deadline.
+        assert 0.9 <= elapsed < 2.0 + 0.3
         assert set(error.variables) == set(expected)
+        attempts = {}
         for failure in error.failures:
             assert failure.reason == t.TIMEOUT
-            operation = "Decrypt" if failure.kind == "kms" else "GetParameters"
-            assert failure.detail == (
-                f"SECRETBOOT_TIMEOUT ran out for {operation} after 2 attempt(s); the last one met Throttled"
-            )
-        assert proxy.counts() == {DECRYPT: 4, GET_PARAMETERS: 2}
-        assert int(warning_line(caplog)["retries"]) == 3  # one per call
+            found = OUT_OF_TIME.fullmatch(failure.detail)
+            assert found is not None, failure.detail
+            assert found["reason"] == t.THROTTLED
+            assert found["operation"] == ("Decrypt" if failure.kind == "kms" else "GetParameters")
+            attempts[failure.target] = int(found["attempts"])
+        assert all(n >= 2 for n in attempts.values())
+        requests = sum(proxy.counts().values())
+        assert requests >= 2 * 3  # three calls (two Decrypt, one GetParameters), each retried
+        assert int(warning_line(caplog)["retries"]) == requests - 3  # every request after a call's first
 
 
 @FAST_ONLY
-def test_throttling_that_fits_in_the_deadline_spends_every_attempt(
-    aws_env: dict[str, str], kms: Any, ssm: Any, key_id: str, monkeypatch: pytest.MonkeyPatch
+def test_five_throttles_in_a_row_no_longer_fail_a_start(
+    aws_env: dict[str, str], kms: Any, ssm: Any, key_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    expected = references(ssm, n_kms=2, n_ssm=3)
-    quick_transport(monkeypatch, lambda: 0.2)  # pauses of 0.2 s and 0.4 s
-    with AwsProxy(aws_env["AWS_ENDPOINT_URL"]) as proxy:
-        env = environment(aws_env, kms, key_id, expected, proxy.url, SECRETBOOT_TIMEOUT="2")
-        proxy.add_fault(throttle())
+    """Before the deadline bounded the retries, the third throttling answer failed the start."""
+    caplog.set_level(logging.INFO, logger="secretboot")
+    expected = references(ssm, n_kms=5, n_ssm=15)
+    with AtMost(aws_env["AWS_ENDPOINT_URL"], most=5) as proxy:
+        env = environment(aws_env, kms, key_id, expected, proxy.url, SECRETBOOT_TIMEOUT="5")
+        rule = proxy.add_fault(throttle())  # the default jitter source: the operating system's
 
-        error, elapsed = timed_failure(env)
+        assert dict(secretboot.bootstrap(environ=env)) == expected
 
-        assert 0.55 <= elapsed < 1.5
-        assert {f.reason for f in error.failures} == {t.THROTTLED}
-        assert proxy.counts() == {DECRYPT: 6, GET_PARAMETERS: 3}
+        baseline = calls_for(5, 15)
+        assert rule.fired == 5 * sum(baseline.values())
+        assert proxy.counts() == {target: 6 * n for target, n in baseline.items()}
+        assert int(info_line(caplog)["retries"]) == rule.fired
+
+
+def test_the_rate_limiter_holds_back_parallel_retries_of_a_throttled_service(bare_proxy: AwsProxy) -> None:
+    """Zero backoff, eight threads, every answer throttled: only the limiter paces the requests."""
+    bare_proxy.add_fault(throttle())
+
+    def hammer(adaptive: bool) -> tuple[int, set[str]]:
+        bare_proxy.reset_counts()
+        deadline = t.Deadline(1.0)
+        env = {"AWS_ENDPOINT_URL": bare_proxy.url, "AWS_REGION": REGION, **CREDENTIALS}
+        transport = _fast.FastTransport(env, rand=lambda: 0.0, deadline=deadline, adaptive=adaptive)
+        details: set[str] = set()
+
+        def one() -> None:
+            try:
+                decrypt(transport)
+            except t.TransportError as exc:
+                details.add(re.sub(r"\d+ attempt", "N attempt", exc.detail))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        return sum(bare_proxy.counts().values()), details
+
+    unlimited, _ = hammer(adaptive=False)
+    limited, details = hammer(adaptive=True)
+
+    # Eight first requests, then at most the bucket's start (0.7 x the rate measured at the
+    # first throttling answer, 8/s) and what it refills at a falling rate within the second.
+    assert 8 <= limited <= 8 + 6 + 6
+    assert unlimited > 5 * limited
+    assert (
+        "SECRETBOOT_TIMEOUT ran out for Decrypt waiting for the kms rate limit "
+        "after N attempt(s); the last one met Throttled"
+    ) in details
 
 
 # --- 6. backoff: exponential, full jitter, base by kind of error (unit level) -------------------
@@ -372,6 +428,7 @@ def fast_transport(
 ) -> tuple[_fast.FastTransport, list[float]]:
     pauses: list[float] = []
     env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_REGION": REGION, **CREDENTIALS}
+    kwargs.setdefault("adaptive", False)  # the backoff schedule alone, without the rate limiter
     return _fast.FastTransport(env, rand=rand, sleep=pauses.append, **kwargs), pauses
 
 
@@ -434,19 +491,24 @@ def test_a_pause_that_would_cross_the_deadline_is_not_taken(bare_proxy: AwsProxy
     deadline = t.Deadline(2.5, clock=lambda: now[0])
     env = {"AWS_ENDPOINT_URL": bare_proxy.url, "AWS_REGION": REGION, **CREDENTIALS}
     pauses: list[float] = []
-    transport = _fast.FastTransport(env, rand=lambda: 1.0, sleep=sleep, deadline=deadline)
+    transport = _fast.FastTransport(env, rand=lambda: 1.0, sleep=sleep, deadline=deadline, adaptive=False)
 
     with pytest.raises(t.TransportError) as info:
         decrypt(transport)
 
-    # 1 s fits in 2.5 s; the next 2 s would not fit in the 1.5 s left.
-    assert pauses == [1.0]
+    # 1 s fits in 2.5 s; the next 2 s would not: it is drawn within the 1.5 s left, less
+    # the time an attempt needs, and the attempts go on while that time is left.
+    assert pauses[0] == 1.0
+    assert pauses[1] == pytest.approx(1.5 - _retry.MIN_ATTEMPT)
+    assert sum(pauses) <= 2.5 - _retry.MIN_ATTEMPT + 1e-9
     assert info.value.reason == t.TIMEOUT
+    # (After the last pause, exactly MIN_ATTEMPT may be left, give or take a rounding: started or not.)
+    attempts = bare_proxy.counts()[DECRYPT]
+    assert attempts in (len(pauses), len(pauses) + 1)
     assert info.value.detail == (
-        "SECRETBOOT_TIMEOUT ran out for Decrypt after 2 attempt(s); the last one met Throttled"
+        f"SECRETBOOT_TIMEOUT ran out for Decrypt after {attempts} attempt(s); the last one met Throttled"
     )
-    assert transport.retries == 1
-    assert bare_proxy.counts() == {DECRYPT: 2}
+    assert transport.retries == attempts - 1
 
 
 def test_success_after_a_retry_stops_retrying(bare_proxy: AwsProxy) -> None:
