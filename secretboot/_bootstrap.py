@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
     from dotenv.parser import Binding
 
+    from secretboot._outcome import Outcome
+
     T = TypeVar("T")
 
 LOGGER_NAME = "secretboot"
@@ -183,8 +185,12 @@ def _boot(
 
     refs, failures = scan(merged, kms_vars)
     from secretboot._resolve import resolve
+    from secretboot._transport import Deadline
 
-    outcome = resolve(refs, settings)
+    deadline = Deadline(settings.timeout)
+    if failures:
+        deadline.decide()  # this start fails closed already: requests are made once, never retried
+    outcome = resolve(refs, settings, deadline=deadline)
     failures.extend(outcome.failures)
     exports = _exports(file_values, outcome.values, kms_vars) if do_export else {}
     failures.extend(_unexportable(exports, refs))
@@ -193,10 +199,11 @@ def _boot(
     if failures:
         error = BootstrapError(failures)
         _logger().warning(
-            "could not resolve %s after %d API calls and %d retries in %.0f ms",
+            "could not resolve %s after %d API calls and %d retries%s in %.0f ms",
             ", ".join(error.variables),
             calls,
             outcome.retries,
+            _paused(outcome),
             elapsed_ms,
         )
         raise error from None
@@ -224,16 +231,24 @@ def _boot(
         return keyring
     kinds = Counter(ref.kind for ref in refs.values())
     _logger().info(
-        "resolved %d secrets (%s) with %d API calls (%s) and %d retries%s in %.0f ms",
+        "resolved %d secrets (%s) with %d API calls (%s) and %d retries%s%s in %.0f ms",
         len(keyring),
         _counts(kinds),
         calls,
         _counts(outcome.calls),
         outcome.retries,
+        _paused(outcome),
         f" via {outcome.transport}" if outcome.transport else "",
         elapsed_ms,
     )
     return keyring
+
+
+def _paused(outcome: Outcome) -> str:
+    """How long retries held the start back: the longest one request spent paused."""
+    if not outcome.waited:
+        return ""
+    return f" (one request paused {outcome.waited * 1000:.0f} ms at most)"
 
 
 def read_environment(

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from secretboot import _retry
 from secretboot import _transport as t
 
 # At DEBUG botocore logs request parameters and response bodies (ciphertext going
@@ -49,7 +50,12 @@ class Boto3Transport:
     name = "boto3"
 
     def __init__(
-        self, aws: Mapping[str, str], *, max_pool_connections: int, deadline: t.Deadline | None = None
+        self,
+        aws: Mapping[str, str],
+        *,
+        max_pool_connections: int,
+        deadline: t.Deadline | None = None,
+        adaptive: bool = False,
     ) -> None:
         # ``aws`` holds the AWS_* variables of the environment being booted, so
         # a mapping passed to bootstrap(environ=...) or a .env file governs
@@ -60,7 +66,17 @@ class Boto3Transport:
         self._session: Any = None
         self._clients: dict[str, Any] = {}
         self._deadline = deadline
-        self.retries = 0
+        # botocore makes one attempt; the retries are ours, bounded by the deadline.
+        self._policy = _retry.RetryPolicy(deadline)
+        self._adaptive = adaptive
+
+    @property
+    def retries(self) -> int:
+        return self._policy.retries
+
+    @property
+    def waited(self) -> float:
+        return self._policy.waited
 
     def _client(self, service: str) -> Any:
         client = self._clients.get(service)
@@ -86,17 +102,15 @@ class Boto3Transport:
                 region_name=aws.get("AWS_REGION") or aws.get("AWS_DEFAULT_REGION"),
                 profile_name=aws.get("AWS_PROFILE") if "AWS_ACCESS_KEY_ID" not in aws else None,
             )
-        # botocore cannot bound its retries by a deadline; resolve() stops waiting at
-        # the deadline, and short socket timeouts keep the abandoned thread brief.
+        # Short socket timeouts keep a thread that resolve() stopped waiting for brief.
         left = self._deadline.remaining() if self._deadline is not None else t.READ_TIMEOUT
         config = Config(
             connect_timeout=max(0.1, min(t.CONNECT_TIMEOUT, left)),
             read_timeout=max(0.1, min(t.READ_TIMEOUT, left)),
-            retries={"mode": "standard", "total_max_attempts": t.TOTAL_MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=self._pool,
         )
         client = self._session.client(service, config=config, endpoint_url=t.endpoint_url(aws, service))
-        client.meta.events.register("after-call", self._count_retries)
         _guard_loggers()
         # botocore reads every answer whole; its HTTP session is wrapped to stop at
         # MAX_ANSWER. Endpoint.http_session is botocore's, not public API: where a
@@ -106,29 +120,34 @@ class Boto3Transport:
             endpoint.http_session = _BoundedSession(endpoint.http_session)
         return client
 
-    def _count_retries(self, parsed: Mapping[str, Any], **kwargs: Any) -> None:
-        """botocore reports each answer's retries (successful or not) in its metadata."""
-        retried = int(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
-        if retried:
-            with self._lock:
-                self.retries += retried
-
     def _invoke(self, service: str, operation: str, kwargs: Mapping[str, Any]) -> Any:
         """Call ``operation``; botocore's errors come out as ``TransportError``.
 
         The error is raised after the except block, with no cause or context:
         botocore's exceptions can quote the request (ciphertext, a value to store).
         """
-        _calling.active = True  # this thread's botocore body logs are dropped
-        try:
-            return getattr(self._client(service), operation)(**kwargs)
-        except Exception as exc:
-            error = _translated(exc)
-            if error is None:
-                raise
-        finally:
-            _calling.active = False
-        raise error
+        name = "".join(word.capitalize() for word in operation.split("_"))  # decrypt -> Decrypt
+        limiter = None
+        if self._adaptive:
+            aws = self._aws
+            where = (
+                t.endpoint_url(aws, service) or aws.get("AWS_REGION") or aws.get("AWS_DEFAULT_REGION") or ""
+            )
+            limiter = _retry.limiter(service, where)
+
+        def attempt() -> Any:
+            _calling.active = True  # this thread's botocore body logs are dropped
+            try:
+                return getattr(self._client(service), operation)(**kwargs)
+            except Exception as exc:
+                error = _translated(exc)
+                if error is None:
+                    raise
+            finally:
+                _calling.active = False
+            raise error
+
+        return self._policy.run(name, attempt, limiter)
 
     def decrypt(
         self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
@@ -308,11 +327,14 @@ def _translated(exc: Exception) -> t.TransportError | None:
         return t.TransportError(t.ANSWER_TOO_LARGE, str(exc))
     if isinstance(exc, be.ClientError):
         error = exc.response.get("Error", {})
-        return t.TransportError(t.reason_for_code(str(error.get("Code", ""))), str(error.get("Message", "")))
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        backoff = _retry.base_for(code, status)
+        return t.TransportError(t.reason_for_code(code), str(error.get("Message", "")), backoff=backoff)
     if isinstance(exc, (be.ConnectTimeoutError, be.ReadTimeoutError)):
-        return t.TransportError(t.TIMEOUT, type(exc).__name__)
+        return t.TransportError(t.TIMEOUT, type(exc).__name__, backoff=_retry.TRANSIENT_BASE)
     if isinstance(exc, (be.EndpointConnectionError, be.ConnectionClosedError, be.HTTPClientError)):
-        return t.TransportError(t.CONNECTION_ERROR, type(exc).__name__)
+        return t.TransportError(t.CONNECTION_ERROR, type(exc).__name__, backoff=_retry.TRANSIENT_BASE)
     if isinstance(exc, be.NoCredentialsError):
         return t.TransportError(t.NO_CREDENTIALS, "no AWS credentials found")
     if isinstance(exc, be.NoRegionError):

@@ -47,7 +47,7 @@ def check(
     kms_vars = s.kms_vars(merged)
     settings = s.Settings(merged)
     refs, failures = scan(merged, kms_vars)
-    outcome = Outcome() if offline else resolve(refs, settings)
+    outcome = Outcome() if offline else resolve(refs, settings, fail_fast=False)
     failed = {f.variable: f for f in [*failures, *outcome.failures]}
     rows = [
         Row(

@@ -17,7 +17,6 @@ import http.client
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -70,16 +69,16 @@ class FastTransport:
         services: Collection[str] = tuple(_TARGETS),
         deadline: t.Deadline | None = None,
         rand: Callable[[], float] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
         adaptive: bool = False,
     ) -> None:
         """``rand``, ``sleep`` and ``clock`` are injected for tests: ``rand`` draws the jitter
-        (by default from the operating system), ``clock`` times the rate limiters.
-        ``adaptive=True`` turns on a rate limiter per service (botocore's ``adaptive`` mode).
-        It is off by default until tuned: with botocore's constants it cut the rate to its
-        floor when every request was throttled five times, and the start failed waiting
-        for tokens that only the deadline could refuse.
+        (by default from the operating system), ``sleep`` replaces the pauses, and ``clock``
+        gives this transport rate limiters of its own instead of the process's.
+        ``adaptive=True`` paces retries with the process's rate limiter per service. It is off
+        by default: measured, it made cold starts slower and less likely to succeed (see
+        docs/reliability.md), since one start sends too few requests to overrun a quota alone.
         """
         why = unsupported(env, services)
         if why is not None:
@@ -91,21 +90,29 @@ class FastTransport:
         # AWS credentials are ASCII; anything else cannot be signed (nor shown: it is a key).
         self._credentials_ok = (self._access_key + self._secret_key + (self._token or "")).isascii()
         self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
-        self._sleep = sleep
         self._deadline = deadline
-        self._policy = _retry.RetryPolicy(deadline, rand=rand)
-        self._limiters = (
-            {service: _retry.RateLimiter(clock=clock) for service in _TARGETS} if adaptive else {}
-        )
-        self._pools = {
-            service: _Pool(
-                t.endpoint_url(env, service) or f"https://{service}.{self._region}.amazonaws.com",
-                self._ca_bundle,
-            )
+        self._policy = _retry.RetryPolicy(deadline, rand=rand, sleep=sleep)
+        urls = {
+            service: t.endpoint_url(env, service) or f"https://{service}.{self._region}.amazonaws.com"
             for service in _TARGETS
         }
-        self.retries = 0
-        self._retries_lock = threading.Lock()
+        self._pools = {service: _Pool(url, self._ca_bundle) for service, url in urls.items()}
+        self._limiters: dict[str, _retry.RateLimiter] = {}
+        if adaptive:
+            for service, url in urls.items():
+                self._limiters[service] = (
+                    _retry.RateLimiter(service, clock=clock)
+                    if clock is not None
+                    else _retry.limiter(service, url)
+                )
+
+    @property
+    def retries(self) -> int:
+        return self._policy.retries
+
+    @property
+    def waited(self) -> float:
+        return self._policy.waited
 
     def decrypt(
         self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None
@@ -167,28 +174,13 @@ class FastTransport:
         }
         if not self._credentials_ok:
             raise t.TransportError(t.INVALID_CREDENTIALS, "the AWS credentials hold non-ASCII characters")
-        policy, limiter = self._policy, self._limiters.get(service)
-        error: t.TransportError | None = None
-        attempt = 0
-        pause = 0.0
-        while True:
-            if limiter is not None:
-                wait = limiter.reserve(pause, policy.room())
-                if wait is None:  # no token before the deadline: this request is not sent
-                    raise _out_of_time(operation, attempt, error, waiting=f"the {service} rate limit")
-                pause = wait
-            if pause > 0:
-                self._sleep(pause)
-            if not policy.may_start():
-                raise _out_of_time(operation, attempt, error)
-            attempt += 1
-            if attempt > 1:
-                with self._retries_lock:
-                    self.retries += 1
-            connect_timeout, read_timeout = t.CONNECT_TIMEOUT, t.READ_TIMEOUT
+        connect_timeout, read_timeout = t.CONNECT_TIMEOUT, t.READ_TIMEOUT
+
+        def attempt() -> dict[str, Any]:
+            connect, read = connect_timeout, read_timeout
             if self._deadline is not None:
                 left = self._deadline.remaining()
-                connect_timeout, read_timeout = min(connect_timeout, left), min(read_timeout, left)
+                connect, read = min(connect, left), min(read, left)
             signed = _sigv4.sign(
                 method="POST",
                 host=pool.host_header,
@@ -201,10 +193,8 @@ class FastTransport:
                 region=self._region,
                 service=service,
             )
-            base = _retry.TRANSIENT_BASE
-            sent_at = limiter.sent() if limiter is not None else None
             try:
-                status, answer_headers, data = pool.send(signed, body, connect_timeout, read_timeout)
+                status, answer_headers, data = pool.send(signed, body, connect, read)
             except _AnswerTooLarge:
                 # Not retried: the same request would bring the same answer.
                 raise t.TransportError(
@@ -212,31 +202,21 @@ class FastTransport:
                     f"the {operation} answer is larger than {t.MAX_ANSWER >> 20} MiB, more than any real one",
                 ) from None
             except TimeoutError:
-                error = t.TransportError(t.TIMEOUT, f"{operation} timed out")
+                raise t.TransportError(
+                    t.TIMEOUT, f"{operation} timed out", backoff=_retry.TRANSIENT_BASE
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
-                error = t.TransportError(t.CONNECTION_ERROR, type(exc).__name__)
-            else:
-                if status == 200:
-                    if limiter is not None:
-                        limiter.answered(throttled=False, sent_at=sent_at)
-                    answer = _json(data)
-                    if answer is None:  # not raised in an except block: the error holds the body
-                        raise t.TransportError(t.SERVICE_ERROR, f"{operation} answered non-JSON")
-                    return answer
-                code, message = _error(status, answer_headers, data)
-                error = t.TransportError(t.reason_for_code(code), message)
-                retried = _retry.base_for(code, status)
-                if limiter is not None:
-                    limiter.answered(throttled=retried == _retry.THROTTLING_BASE, sent_at=sent_at)
-                if retried is None:
-                    raise error
-                base = retried
-            next_pause = policy.pause(attempt, base)
-            if next_pause is None:
-                if self._deadline is None:
-                    raise error  # without a deadline: the attempts are counted, and spent
-                raise _out_of_time(operation, attempt, error)  # no room left for another attempt
-            pause = next_pause
+                kind = type(exc).__name__
+                raise t.TransportError(t.CONNECTION_ERROR, kind, backoff=_retry.TRANSIENT_BASE) from None
+            if status == 200:
+                answer = _json(data)
+                if answer is None:  # not raised in an except block: the error holds the body
+                    raise t.TransportError(t.SERVICE_ERROR, f"{operation} answered non-JSON")
+                return answer
+            code, message = _error(status, answer_headers, data)
+            raise t.TransportError(t.reason_for_code(code), message, backoff=_retry.base_for(code, status))
+
+        return self._policy.run(operation, attempt, self._limiters.get(service))
 
 
 def _json(data: bytes) -> dict[str, Any] | None:
@@ -246,22 +226,6 @@ def _json(data: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return answer if isinstance(answer, dict) else None
-
-
-def _out_of_time(
-    operation: str, attempts: int, last: t.TransportError | None, *, waiting: str = ""
-) -> t.TransportError:
-    """The deadline ran out: say what for, how many attempts were made and what the last one met."""
-    if last is None:
-        reason = ""
-    elif last.reason == t.TIMEOUT:
-        reason = "; the last one got no answer in time"
-    else:
-        reason = f"; the last one met {last.reason}"
-    what = f" waiting for {waiting}" if waiting else ""
-    return t.TransportError(
-        t.TIMEOUT, f"SECRETBOOT_TIMEOUT ran out for {operation}{what} after {attempts} attempt(s){reason}"
-    )
 
 
 def _secret(answer: Mapping[str, Any]) -> t.Secret:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class Outcome:
-    __slots__ = ("binary", "calls", "failures", "key_ids", "retries", "transport", "values")
+    __slots__ = ("binary", "calls", "failures", "key_ids", "retries", "transport", "values", "waited")
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
@@ -22,6 +22,7 @@ class Outcome:
         self.transport = ""  # which transport made the calls, if any
         self.key_ids: dict[str, str] = {}  # KMS variable -> the ARN of the key that decrypted it
         self.retries = 0  # requests the transport retried
+        self.waited = 0.0  # the longest time one request spent paused before retrying, seconds
         # Plaintext that is not UTF-8: variable -> bytes. Kept for SECRETBOOT_BINARY_VARS,
         # a NotText failure for any other variable (decided by resolve()).
         self.binary: dict[str, bytes] = {}

@@ -73,8 +73,14 @@ def resolve(
     transport: Transport | None = None,
     *,
     deadline: Deadline | None = None,
+    fail_fast: bool = True,
 ) -> Outcome:
-    """Resolve every reference within ``SECRETBOOT_TIMEOUT``. Failures are collected, never raised."""
+    """Resolve every reference within ``SECRETBOOT_TIMEOUT``. Failures are collected, never raised.
+
+    With ``fail_fast`` (a start, which any failure fails closed) the first task that
+    fails decides the outcome: requests still being retried stop, each reporting what
+    it last met. Without it (``secretboot check``) every request uses the whole deadline.
+    """
     outcome = Outcome()
     if not refs:
         return outcome
@@ -88,7 +94,7 @@ def resolve(
         transport = default_transport(settings, services, deadline) if services else _NoTransport()
     resolvers = {kind: RESOLVERS[kind][1](transport, settings) for kind in groups}
     tasks = [task for kind, group in groups.items() for task in resolvers[kind].plan(group)]
-    results, late = _run_all(tasks, deadline)
+    results, late = _run_all(tasks, deadline, fail_fast=fail_fast)
     for result in results:
         outcome.merge(result)
     detail = f"still waiting for AWS when {TIMEOUT}={settings.timeout:g} s ran out"
@@ -99,6 +105,7 @@ def resolve(
     _text_and_bytes(outcome, refs, settings.binary_vars)
     _never_twice(outcome, refs)
     outcome.retries = transport.retries
+    outcome.waited = transport.waited
     if outcome.calls:
         outcome.transport = transport.name  # not for sealed values under a local key: no AWS
     return outcome
@@ -164,6 +171,7 @@ class _NoTransport:
 
     name = ""
     retries = 0
+    waited = 0.0
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"no AWS call was expected, yet {name} was called")
@@ -174,7 +182,9 @@ class _NoTransport:
 _GRACE = 0.1
 
 
-def _run_all(tasks: Sequence[Task], deadline: Deadline) -> tuple[list[Outcome], list[Task]]:
+def _run_all(
+    tasks: Sequence[Task], deadline: Deadline, *, fail_fast: bool = True
+) -> tuple[list[Outcome], list[Task]]:
     """Run every task, at most ``MAX_WORKERS`` at once, until done or past ``deadline``.
 
     Returns (the outcomes of finished tasks, the tasks still unfinished at the
@@ -207,6 +217,8 @@ def _run_all(tasks: Sequence[Task], deadline: Deadline) -> tuple[list[Outcome], 
                     crashes.append(exc)
                     changed.notify()
                 return
+            if fail_fast and result.failures:
+                deadline.decide()  # the start fails closed whatever the rest do: stop their retries
             with changed:
                 results.append(result)
                 unfinished.discard(index)

@@ -1,20 +1,24 @@
 """Retries bounded by the deadline, and a per-service adaptive rate limiter.
 
-``RetryPolicy`` decides whether another attempt may start and how long to pause
-before it: capped exponential backoff with full jitter, drawn so that no pause
-ends later than the deadline less the time an attempt needs (``MIN_ATTEMPT``).
-While the deadline leaves room, throttling, 5xx, connection errors and timeouts
-are retried; other answers never are. Jitter comes from the operating system
-(``random.SystemRandom``), not from the interpreter's random state, which every
-process restored from one SnapStart snapshot shares: a restored fleet does not
-retry in lockstep.
+``RetryPolicy.run`` makes one request's attempts for either transport. It pauses
+with capped exponential backoff and full jitter, drawn so that no pause ends
+later than the deadline less the time an attempt needs (``MIN_ATTEMPT``). While
+the deadline leaves room, throttling, 5xx, connection errors and timeouts are
+retried; other answers never are. Once the outcome of the resolution is decided
+(``Deadline.decide``: a variable failed for good, so the start fails closed
+anyway), pauses end and nothing more is retried. Jitter comes from the operating
+system (``random.SystemRandom``), not from the interpreter's random state, which
+every process restored from one SnapStart snapshot shares: a restored fleet does
+not retry in lockstep.
 
 ``RateLimiter`` is our own small take on botocore's ``adaptive`` retry mode: a
-token bucket per service, off until the first throttling answer, whose rate
-drops to 0.7 times the rate this process was sending at on each throttling
-answer and climbs back along a cubic curve (as TCP CUBIC does) on the others.
-It bounds how hard many parallel retries of one process press on a throttled
-API. A request that cannot get a token before the deadline is not sent.
+token bucket per service and endpoint, one per process (``limiter()``), off
+until the first throttling answer, whose rate drops to 0.7 times the rate this
+process was sending at on each throttling answer and climbs back along a cubic
+curve (as TCP CUBIC does) on the others. It bounds how hard many parallel
+retries of one process press on a throttled API: a retry waits for its token,
+but only within its own backoff window, so the limiter moves retries later and
+never fails a start that backoff alone would have saved.
 
 Clock, sleep and the random source are injected, so the arithmetic is tested
 without waiting.
@@ -22,12 +26,19 @@ without waiting.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
 from secretboot import _transport as t
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 # botocore's standard retry mode: the error codes it retries.
 THROTTLING_CODES = frozenset(
@@ -81,26 +92,42 @@ def system_random() -> Callable[[], float]:
 class RetryPolicy:
     """When to try again: bounded by the deadline, or without one by ``max_attempts``.
 
-    ``rand`` returns uniform draws in [0, 1); by default the operating system's.
+    One per resolution, shared by its requests. ``rand`` returns uniform draws in
+    [0, 1), by default the operating system's; ``sleep`` (for tests) replaces the
+    pauses, which otherwise end early once the deadline's outcome is decided.
     """
 
-    __slots__ = ("_cap", "_deadline", "_lock", "_max_attempts", "_min_attempt", "_rand")
+    __slots__ = (
+        "_cap",
+        "_deadline",
+        "_lock",
+        "_max_attempts",
+        "_min_attempt",
+        "_rand",
+        "_sleep",
+        "retries",
+        "waited",
+    )
 
     def __init__(
         self,
         deadline: t.Deadline | None,
         *,
         rand: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
         max_attempts: int = t.TOTAL_MAX_ATTEMPTS,
         cap: float = MAX_BACKOFF,
         min_attempt: float = MIN_ATTEMPT,
     ) -> None:
         self._deadline = deadline
         self._rand = rand
+        self._sleep = sleep
         self._max_attempts = max_attempts
         self._cap = cap
         self._min_attempt = min_attempt
         self._lock = threading.Lock()
+        self.retries = 0  # attempts after a request's first, over every request
+        self.waited = 0.0  # the longest time one request spent paused, in seconds
 
     def room(self) -> float | None:
         """Seconds one may still wait before starting an attempt (``None``: no deadline)."""
@@ -112,22 +139,84 @@ class RetryPolicy:
         """Whether the deadline leaves room to start an attempt now (``pause`` counts attempts)."""
         return self._deadline is None or self._deadline.left() >= self._min_attempt
 
-    def pause(self, attempt: int, base: float) -> float | None:
-        """The pause after failed attempt number ``attempt``, or ``None`` if no retry fits.
+    def window(self, attempt: int, base: float) -> float | None:
+        """The longest pause after failed attempt number ``attempt``, or ``None`` if no retry fits.
 
-        Full jitter: uniform in [0, min(cap, base * 2 ** (attempt - 1))], and never past
-        the deadline less ``min_attempt``.
+        ``min(cap, base * 2 ** (attempt - 1))``, and never past the deadline less ``min_attempt``.
         """
         ceiling = min(self._cap, base * 2.0 ** (attempt - 1))
         room = self.room()
         if room is None:
-            if attempt >= self._max_attempts:
-                return None
-        elif room <= 0:
-            return None
+            return None if attempt >= self._max_attempts else ceiling
+        return min(ceiling, room) if room > 0 else None
+
+    def pause(self, attempt: int, base: float) -> float | None:
+        """The pause after failed attempt number ``attempt`` (full jitter within ``window``)."""
+        window = self.window(attempt, base)
+        return None if window is None else self._draw() * window
+
+    def run(self, operation: str, send: Callable[[], T], limiter: RateLimiter | None = None) -> T:
+        """``send()`` until it answers, a ``TransportError`` that is not retried, or no time is left.
+
+        ``send`` makes one attempt; its ``TransportError.backoff`` says whether and how
+        to retry. Out of time, the error is a ``Timeout`` saying what the last attempt met;
+        once the outcome is decided, the last error, saying it was not retried.
+        """
+        error: t.TransportError | None = None
+        attempt = 0
+        pause = waited = 0.0
+        try:
+            while True:
+                if pause > 0:
+                    decided, slept = self._wait(pause)
+                    waited += slept
+                    if decided and error is not None:  # only retries pause: error is set
+                        raise not_retried(attempt, error)
+                if not self.may_start():
+                    raise out_of_time(operation, attempt, error)
+                attempt += 1
+                if attempt > 1:
+                    with self._lock:
+                        self.retries += 1
+                sent_at = limiter.sent() if limiter is not None else 0.0
+                try:
+                    answer = send()
+                except t.TransportError as exc:
+                    error = exc
+                else:
+                    if limiter is not None:
+                        limiter.answered(throttled=False, sent_at=sent_at)
+                    return answer
+                if limiter is not None:
+                    limiter.answered(throttled=error.backoff == THROTTLING_BASE, sent_at=sent_at)
+                if error.backoff is None:
+                    raise error
+                window = self.window(attempt, error.backoff)
+                if window is None:
+                    if self._deadline is None:
+                        raise error  # without a deadline: the attempts are counted, and spent
+                    raise out_of_time(operation, attempt, error)  # no room left for another attempt
+                if self._deadline is not None and self._deadline.decided:
+                    raise not_retried(attempt, error)
+                pause = self._draw() * window
+                if limiter is not None:  # a token, within the same window
+                    pause = limiter.reserve(pause, window)
+        finally:
+            with self._lock:
+                self.waited = max(self.waited, waited)
+
+    def _wait(self, seconds: float) -> tuple[bool, float]:
+        """Pause; returns whether the outcome was decided meanwhile, and the time paused."""
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return self._deadline is not None and self._deadline.decided, seconds
+        started = time.monotonic()
+        if self._deadline is not None:
+            decided = self._deadline.wait(seconds)
         else:
-            ceiling = min(ceiling, room)
-        return self._draw() * ceiling
+            time.sleep(seconds)
+            decided = False
+        return decided, time.monotonic() - started
 
     def _draw(self) -> float:
         with self._lock:
@@ -135,6 +224,25 @@ class RetryPolicy:
                 self._rand = system_random()
             rand = self._rand
         return rand()
+
+
+def out_of_time(operation: str, attempts: int, last: t.TransportError | None) -> t.TransportError:
+    """The deadline ran out: say what for, how many attempts were made and what the last one met."""
+    if last is None:
+        reason = ""
+    elif last.reason == t.TIMEOUT:
+        reason = "; the last one got no answer in time"
+    else:
+        reason = f"; the last one met {last.reason}"
+    return t.TransportError(
+        t.TIMEOUT, f"SECRETBOOT_TIMEOUT ran out for {operation} after {attempts} attempt(s){reason}"
+    )
+
+
+def not_retried(attempts: int, last: t.TransportError) -> t.TransportError:
+    """``last``, noting that retries stopped because the start had already failed."""
+    note = f"not retried after {attempts} attempt(s): another variable had already failed the start"
+    return t.TransportError(last.reason, f"{last.detail}; {note}" if last.detail else note)
 
 
 class RateLimiter:
@@ -148,8 +256,12 @@ class RateLimiter:
     SCALE = 0.4  # the cubic curve's steepness (botocore's constant)
     MIN_RATE = 0.5  # requests per second: the floor
     WINDOW = 1.0  # seconds over which the send rate is measured
+    # Seconds without a throttling answer after which the limiter is off again: a
+    # process lives for hours, and a refresh should not be paced by an episode long past.
+    QUIET = 60.0
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, service: str = "", *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.service = service
         self._clock = clock
         self._lock = threading.Lock()
         self._sent: deque[float] = deque()
@@ -204,22 +316,24 @@ class RateLimiter:
                 return
             self._set_rate(new_rate, now, enable=throttled and not self.enabled)
 
-    def reserve(self, not_before: float, latest: float | None) -> float | None:
-        """Take a token for a request to be sent ``not_before`` seconds from now.
+    def reserve(self, not_before: float, latest: float) -> float:
+        """Take a token for a retry due ``not_before`` seconds from now, waiting at most ``latest``.
 
-        Returns the seconds to wait before sending (at least ``not_before``), or ``None``
-        without taking anything if the token would come later than ``latest`` seconds.
+        Returns the seconds to wait before sending: until the token comes, but no sooner
+        than ``not_before`` and no later than ``latest`` (the top of the retry's backoff
+        window). A retry is never refused: the limiter moves it later within the window
+        that backoff alone allows, so it cannot fail a start that backoff would have saved.
         """
         with self._lock:
+            now = self._clock()
+            if self.enabled and now - self._throttled_at > self.QUIET:
+                self.enabled = False
             if not self.enabled:
                 return not_before
-            now = self._clock()
             self._refill(now)
-            wait = max(not_before, (1 - self._tokens) / self.rate if self._tokens < 1 else 0.0)
-            if latest is not None and wait > latest:
-                return None
+            for_token = (1 - self._tokens) / self.rate if self._tokens < 1 else 0.0
             self._tokens -= 1  # below zero: tokens promised to requests already waiting
-            return wait
+            return max(not_before, min(for_token, latest))
 
     def _forget(self, now: float) -> None:
         while self._sent and self._sent[0] <= now - self.WINDOW:
@@ -239,3 +353,31 @@ class RateLimiter:
             self._tokens = self._capacity  # start full: the retries already back off
         else:
             self._tokens = min(self._tokens, self._capacity)
+
+
+# One limiter per service and endpoint for the whole process: the quota it paces
+# is the account's, whatever resolution (a start, a refresh) the requests serve.
+_limiters: dict[tuple[str, str], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def limiter(service: str, endpoint: str) -> RateLimiter:
+    """This process's rate limiter for ``service`` at ``endpoint``."""
+    with _limiters_lock:
+        found = _limiters.get((service, endpoint))
+        if found is None:
+            found = _limiters[service, endpoint] = RateLimiter(service)
+        return found
+
+
+def forget_limiters() -> None:
+    """Start every limiter afresh: in a forked child, or after a SnapStart restore.
+
+    A restored instance must not be paced by throttling its snapshot's process met.
+    """
+    global _limiters_lock
+    _limiters_lock = threading.Lock()  # a fork can copy it held by another thread
+    _limiters.clear()
+
+
+os.register_at_fork(after_in_child=forget_limiters)

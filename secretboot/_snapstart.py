@@ -63,8 +63,11 @@ def before_snapshot() -> None:
 
 def after_restore(timeout: float = RESTORE_TIMEOUT) -> None:
     """Resolve again with the last boot's options; fail the restore if it cannot in time."""
+    from secretboot import _retry
     from secretboot._bootstrap import _state, bootstrap
 
+    # Rate limits learnt before the snapshot belong to another process's moment.
+    _retry.forget_limiters()
     failure: list[BaseException] = []
 
     # The options travel as the thread's arguments, not as locals of this frame, and the

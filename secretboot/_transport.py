@@ -8,6 +8,7 @@ reason code and a message already scrubbed of anything that looks like data.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -15,9 +16,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the co
 if TYPE_CHECKING:
     from typing import Protocol
 
-# Both transports: standard-mode retries (exponential backoff with jitter on
-# throttling, 5xx and connection errors) and explicit timeouts, so a dead
-# endpoint cannot eat the whole Lambda init phase.
+# Both transports: explicit timeouts, so a dead endpoint cannot eat the whole
+# Lambda init phase. Retries are bounded by the deadline (``_retry``); without
+# one (the CLI's one-off calls) by a count, as botocore's standard mode does.
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
 TOTAL_MAX_ATTEMPTS = 3
@@ -133,14 +134,20 @@ def scrub(message: str) -> str:
 
 
 class Deadline:
-    """The time budget of one resolution (``SECRETBOOT_TIMEOUT``), shared by every request."""
+    """The time budget of one resolution (``SECRETBOOT_TIMEOUT``), shared by every request.
 
-    __slots__ = ("_clock", "at", "seconds")
+    It also says when the outcome is decided: once one variable has failed for good,
+    the start fails closed whatever the others do, so ``decide()`` ends every pause
+    early and no request is retried after it.
+    """
+
+    __slots__ = ("_clock", "_decided", "at", "seconds")
 
     def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
         self.at = clock() + seconds
+        self._decided = threading.Event()
 
     def left(self) -> float:
         """Seconds until the deadline: negative once it has passed."""
@@ -150,12 +157,29 @@ class Deadline:
         """Seconds until the deadline, never below zero."""
         return max(0.0, self.left())
 
+    def decide(self) -> None:
+        """The outcome is decided (a failure no retry can undo): stop retrying."""
+        self._decided.set()
+
+    @property
+    def decided(self) -> bool:
+        return self._decided.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Pause ``seconds``, or less if the outcome is decided meanwhile; returns ``decided``."""
+        return self._decided.wait(seconds) if seconds > 0 else self._decided.is_set()
+
 
 class TransportError(Exception):
-    """A request failed. ``reason`` is one of this module's reason codes."""
+    """A request failed. ``reason`` is one of this module's reason codes.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``backoff`` is the base of the pause before trying again (``_retry``), or ``None``
+    if the same request would meet the same answer.
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, backoff: float | None = None) -> None:
         self.reason = reason
+        self.backoff = backoff
         self.detail = scrub(detail)
         super().__init__(f"{reason}: {self.detail}" if self.detail else reason)
 
@@ -229,7 +253,16 @@ if TYPE_CHECKING:
 
     class Transport(Protocol):
         name: str  # for the log line: "fast" or "boto3"
-        retries: int  # requests retried so far (throttling, 5xx, connection errors), for the log line
+
+        @property
+        def retries(self) -> int:
+            """Requests retried so far (throttling, 5xx, connection errors), for the log line."""
+            ...
+
+        @property
+        def waited(self) -> float:
+            """The longest time one request spent paused (backoff, rate limit), in seconds."""
+            ...
 
         def decrypt(
             self, ciphertext: bytes, *, context: Mapping[str, str] | None, key_id: str | None

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import secretboot
+from secretboot import _retry
 from tests.localaws import CREDENTIALS, REGION, client, moto_server
 
 
@@ -29,8 +30,9 @@ def moto_endpoint() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _clean_state() -> Iterator[None]:
-    """Every test starts unbooted and leaves os.environ as it found it."""
+    """Every test starts unbooted, with no rate limit learnt, and leaves os.environ as it found it."""
     secretboot.reset()
+    _retry.forget_limiters()  # the process's limiters would carry one test's throttling into the next
     saved = dict(os.environ)
     try:
         yield

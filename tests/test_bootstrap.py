@@ -318,11 +318,8 @@ class TestFailures:
         with pytest.raises(BootstrapError) as info:
             secretboot.bootstrap(environ=env)
         [failure] = info.value.failures
-        if aws_env["SECRETBOOT_TRANSPORT"] == "fast":
-            # Retried until the deadline; the detail says what the last attempt met.
-            assert failure.reason == "Timeout" and "the last one met ConnectionError" in failure.detail
-        else:
-            assert failure.reason == "ConnectionError"  # boto3: 3 attempts
+        # Both transports: retried until the deadline; the detail says what the last attempt met.
+        assert failure.reason == "Timeout" and "the last one met ConnectionError" in failure.detail
 
 
 class TestOncePerProcess:

@@ -27,6 +27,7 @@ class AwsLikeTransport:
 
     name = "aws-like"
     retries = 0
+    waited = 0.0
 
     def __init__(self) -> None:
         self.parameters: dict[str, list[str]] = {}

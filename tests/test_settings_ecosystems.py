@@ -51,9 +51,9 @@ def resolutions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = secretboot._resolve.resolve
 
-    def counting(refs: Any, settings: Any) -> Any:
+    def counting(refs: Any, settings: Any, **kwargs: Any) -> Any:
         calls.append(len(refs))
-        return real(refs, settings)
+        return real(refs, settings, **kwargs)
 
     monkeypatch.setattr(secretboot._resolve, "resolve", counting)
     return calls
