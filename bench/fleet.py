@@ -458,6 +458,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--kms-burst", type=float, help="KMS bucket size (default: one second's worth)")
     parser.add_argument(
+        "--timeout",
+        type=float,
+        help="SECRETBOOT_TIMEOUT for the secretboot contenders, in seconds (default: secretboot's own)",
+    )
+    parser.add_argument(
         "--wait",
         type=float,
         default=120.0,
@@ -483,6 +488,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--n is between 1 and {MAX_N}: this machine starts every one as a process")
     if args.latency_ms < 0 or args.ssm_rate < 0 or args.kms_rate < 0 or args.wait <= 0:
         parser.error("latency and rates are at least 0, --wait above 0")
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error("--timeout is above 0 seconds")
     for api in ("ssm", "kms"):
         rate, burst = getattr(args, f"{api}_rate"), getattr(args, f"{api}_burst")
         if burst is None:
@@ -533,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"moto at {moto_url}, proxy at {proxy.url}; {quotas.describe()}; creating secrets")
         app = create_app(moto_url)
         env = base_env(proxy.url)
+        if args.timeout is not None:
+            env["SECRETBOOT_TIMEOUT"] = f"{args.timeout:g}"  # read by secretboot only
         for contender in contenders:
             secrets_env = app.sealed if contender.sealed else app.references
             contender_env = {**env, **secrets_env}
