@@ -19,6 +19,8 @@ from _fleet import digest, emit, wait_for_start
 
 from secretboot import _bootstrap, _settings
 from secretboot._resolve import MAX_WORKERS, RESOLVERS, resolve
+from secretboot._retry import RetryPolicy
+from secretboot._transport import Deadline
 
 environ = dict(os.environ)
 settings = _settings.Settings(environ)
@@ -39,7 +41,12 @@ if any(ref.kind == "sealed" for ref in refs.values()):
     _envelope.load_aead()
 
 woke = wait_for_start()
-outcome = resolve(refs, settings, transport)
+deadline = Deadline(settings.timeout)  # starts at the release, as bootstrap()'s does at its call
+if transport is not None:
+    # The clients were built before the release; the retries' deadline is this one.
+    transport._deadline = deadline
+    transport._policy = RetryPolicy(deadline)
+outcome = resolve(refs, settings, transport, deadline=deadline)
 failures += outcome.failures
 emit(
     ok=not failures,
