@@ -77,11 +77,14 @@ class FleetContender:
     script: str
     env: Mapping[str, str] = field(default_factory=dict)
     sealed: bool = False  # the same plaintexts as sealed values under one KMS data key
+    default: bool = True  # run when --contenders is not given
 
 
 CONTENDERS = (
     FleetContender("secretboot", "fleet_secretboot.py"),
     FleetContender("secretboot-boto3", "fleet_secretboot.py", {"SECRETBOOT_TRANSPORT": "boto3"}),
+    # The fast transport with its opt-in rate limiter (not in the default set: see docs/reliability.md).
+    FleetContender("secretboot-adaptive", "fleet_secretboot.py", {"FLEET_ADAPTIVE": "1"}, default=False),
     FleetContender("secretboot-sealed", "fleet_secretboot.py", sealed=True),
     FleetContender("boto3_loop", "fleet_boto3_loop.py"),
 )
@@ -345,7 +348,17 @@ def _breakdown(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{_short(t)} {c}" for t, c in counts.items() if c) or "-"
 
 
-HEADERS = ("contender", "succeeded", "p50 ms", "p99 ms", "retries", "requests", "throttled", "failures")
+HEADERS = (
+    "contender",
+    "succeeded",
+    "p50 ms",
+    "p99 ms",
+    "retries",
+    "requests",
+    "per success",
+    "throttled",
+    "failures",
+)
 
 
 def _cells(r: FleetResult) -> tuple[str, ...]:
@@ -357,9 +370,20 @@ def _cells(r: FleetResult) -> tuple[str, ...]:
         f"{r.p99_ms:.0f}",
         str(r.retries),
         str(r.total_requests),
+        _per_success(r),
         str(r.total_throttled),
         failures,
     )
+
+
+def _per_success(r: FleetResult) -> str:
+    """Requests per successful start, and that over a start's own calls (what it makes with no fault)."""
+    ok = [s for s in r.starts if s.ok]
+    if not ok:
+        return "-"
+    per = r.total_requests / len(ok)
+    calls = statistics.mean(s.calls for s in ok)
+    return f"{per:.1f} ({per / calls:.2f}x)" if calls else f"{per:.1f}"
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -514,7 +538,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     by_name = {c.name: c for c in CONTENDERS}
-    contenders = [by_name[name] for name in args.contenders] if args.contenders else list(CONTENDERS)
+    chosen = args.contenders or [c.name for c in CONTENDERS if c.default]
+    contenders = [by_name[name] for name in chosen]
     quotas = Quotas(args.ssm_rate, args.ssm_burst, args.kms_rate, args.kms_burst)
     for path in (REPO, REPO / "bench"):
         if str(path) not in sys.path:

@@ -54,7 +54,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[str, dict[str, dict[str, Any]]]:
 
 def test_every_cold_start_succeeds_without_quotas(tmp_path: Path) -> None:
     stdout, results = _run(tmp_path, "--ssm-rate", "0", "--kms-rate", "0")
-    names = [c.name for c in _fleet_module().CONTENDERS]
+    names = [c.name for c in _fleet_module().CONTENDERS if c.default]
     assert list(results) == names
     table = stdout.split("\ncontender", 1)[1]
     for name in names:
@@ -72,6 +72,13 @@ def test_every_cold_start_succeeds_without_quotas(tmp_path: Path) -> None:
     }
     for name, calls in per_start.items():
         assert results[name]["requests"] == {target: N * count for target, count in calls.items()}, name
+
+
+def test_the_opt_in_rate_limiter_contender_runs_when_named(tmp_path: Path) -> None:
+    _, results = _run(tmp_path, "--ssm-rate", "0", "--kms-rate", "0", "--contenders", "secretboot-adaptive")
+    [result] = results.values()
+    assert result["succeeded"] == N
+    assert result["requests"] == {"TrentService.Decrypt": 5 * N, "AmazonSSM.GetParameters": 2 * N}
 
 
 def test_a_tight_ssm_quota_throttles_the_loop_not_secretboot(tmp_path: Path) -> None:

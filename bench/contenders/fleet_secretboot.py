@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Any
 
 from _fleet import digest, emit, wait_for_start
 
@@ -26,15 +27,20 @@ environ = dict(os.environ)
 settings = _settings.Settings(environ)
 refs, failures = _bootstrap.scan(environ, _settings.kms_vars(environ))
 services = sorted({service for ref in refs.values() for service in RESOLVERS[ref.kind][0](settings)})
-transport = None
+# FLEET_ADAPTIVE=1: the transport with its (opt-in) client-side rate limiter per service.
+adaptive = environ.get("FLEET_ADAPTIVE") == "1"
+transport: Any = None
 if settings.transport == "boto3":
     from secretboot._boto3 import Boto3Transport
 
-    transport = Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS)
+    transport = Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS, adaptive=adaptive)
     for service in services:
         transport._client(service)
 else:
-    from secretboot import _fast  # noqa: F401 (imported now rather than after the start)
+    from secretboot import _fast  # imported now rather than after the start
+
+    if adaptive:
+        transport = _fast.FastTransport(settings.aws, services=services, adaptive=True)
 if any(ref.kind == "sealed" for ref in refs.values()):
     from secretboot import _envelope, _sealed  # noqa: F401
 
@@ -43,7 +49,7 @@ if any(ref.kind == "sealed" for ref in refs.values()):
 woke = wait_for_start()
 deadline = Deadline(settings.timeout)  # starts at the release, as bootstrap()'s does at its call
 if transport is not None:
-    # The clients were built before the release; the retries' deadline is this one.
+    # Built before the release; the retries' deadline is this one (private, for the bench).
     transport._deadline = deadline
     transport._policy = RetryPolicy(deadline)
 outcome = resolve(refs, settings, transport, deadline=deadline)
