@@ -253,14 +253,17 @@ def default_transport(
 
     ``SECRETBOOT_TRANSPORT`` forces one: ``fast`` is an error where it cannot serve.
     """
+    adaptive = settings.retry_mode == "adaptive"
     if settings.transport != "boto3":
         from secretboot import _fast
 
         why = _fast.unsupported(settings.aws, services)
         if why is None:
-            return _fast.FastTransport(settings.aws, services=services, deadline=deadline)
+            return _fast.FastTransport(settings.aws, services=services, deadline=deadline, adaptive=adaptive)
         if settings.transport == "fast":
             raise ConfigurationError(f"{TRANSPORT}=fast, but {why}")
     from secretboot._boto3 import Boto3Transport
 
-    return Boto3Transport(settings.aws, max_pool_connections=MAX_WORKERS, deadline=deadline)
+    return Boto3Transport(
+        settings.aws, max_pool_connections=MAX_WORKERS, deadline=deadline, adaptive=adaptive
+    )

@@ -16,6 +16,7 @@ TRANSPORT = "SECRETBOOT_TRANSPORT"
 DATA_KEY = "SECRETBOOT_DATA_KEY"
 LOCAL_KEY_FILE = "SECRETBOOT_LOCAL_KEY_FILE"
 TIMEOUT = "SECRETBOOT_TIMEOUT"
+RETRY_MODE = "SECRETBOOT_RETRY_MODE"
 BINARY_VARS = "SECRETBOOT_BINARY_VARS"
 # Allowlists: what a reference may name, so that whoever can set one variable
 # cannot point it at another application's secret.
@@ -26,6 +27,9 @@ SECRETS_MANAGER_PATHS = "SECRETBOOT_SECRETS_MANAGER_PATHS"
 DEFAULT_TIMEOUT = 5.0
 _MAX_TIMEOUT = 900.0
 TRANSPORTS = ("auto", "fast", "boto3")
+# "adaptive" adds the process's client-side rate limiter per service (botocore's mode of
+# that name); off by default, measured in docs/reliability.md.
+RETRY_MODES = ("standard", "adaptive")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 # Encryption context keys that only secretboot may use (the sealed values' data key is
@@ -65,6 +69,7 @@ class Settings:
         "data_key",
         "kms",
         "local_key_file",
+        "retry_mode",
         "secrets_manager_paths",
         "timeout",
         "transport",
@@ -90,6 +95,9 @@ class Settings:
         self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
+        self.retry_mode = env.get(RETRY_MODE, "").strip().lower() or "standard"
+        if self.retry_mode not in RETRY_MODES:
+            raise ConfigurationError(f"{RETRY_MODE} must be one of {', '.join(RETRY_MODES)}")
 
 
 def _timeout(env: Mapping[str, str]) -> float:

@@ -805,3 +805,29 @@ def test_check_reports_every_variable_and_keeps_retrying_after_a_failure(
 
         assert not rows["MISSING"].ok
         assert all(rows[name].ok for name in expected), {n: r.status for n, r in rows.items()}
+
+
+# --- 8. SECRETBOOT_RETRY_MODE=adaptive: the process's rate limiter -------------------------------
+
+
+@pytest.mark.parametrize("mode", ["", "standard", "adaptive", "ADAPTIVE "])
+def test_retry_mode_adaptive_turns_on_the_processs_rate_limiter(
+    aws_env: dict[str, str], kms: Any, ssm: Any, key_id: str, mode: str
+) -> None:
+    expected = references(ssm, n_kms=2, n_ssm=3)
+    with AwsProxy(aws_env["AWS_ENDPOINT_URL"]) as proxy:
+        env = environment(aws_env, kms, key_id, expected, proxy.url, SECRETBOOT_RETRY_MODE=mode)
+        proxy.add_fault(throttle(), target=DECRYPT, times=1)
+
+        assert dict(secretboot.bootstrap(environ=env)) == expected
+
+        # The fast transport keys its limiters by endpoint URL, boto3's by endpoint or region.
+        learnt = _retry.limiter("kms", proxy.url)
+        assert learnt.enabled is (mode.strip().lower() == "adaptive")
+        assert not _retry.limiter("ssm", proxy.url).enabled  # per service
+
+
+def test_an_unknown_retry_mode_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings({"SECRETBOOT_RETRY_MODE": "legacy"})
+    assert str(info.value) == "SECRETBOOT_RETRY_MODE must be one of standard, adaptive"
