@@ -37,6 +37,7 @@ from secretboot._reference import (
 )
 from secretboot._settings import (
     DATA_KEY,
+    ENV_FILE,
     KMS_CONTEXT,
     LAMBDA_FUNCTION_NAME,
     LOCAL_KEY_FILE,
@@ -68,6 +69,7 @@ EXIT_CODES = f"""exit codes:
 KMS_PLAINTEXT_LIMIT = 4096  # bytes KMS Encrypt accepts
 SEALED_MAX_PLAINTEXT = SEALED_MAX_BLOB - SEALED_OVERHEAD
 DEFAULT_ENV_FILE = ".env"
+CHECK_SOURCES = "secretboot check: read "  # the line on stderr saying what check read
 
 
 class UsageError(SecretbootError):
@@ -240,7 +242,11 @@ def _build_parser() -> argparse.ArgumentParser:
     encrypt.add_argument("--overwrite", action="store_true", help="with --ssm: replace an existing PARAM")
 
     check = command("check", _check, "List every reference, its target and whether it resolves.")
-    check.add_argument("--env-file", help="a .env file to read too (as bootstrap(env_file=...))")
+    check.add_argument(
+        "--env-file",
+        help=f"a .env file to read too (default: {DEFAULT_ENV_FILE} if present, as migrate and seal read it)",
+    )
+    check.add_argument("--no-env-file", action="store_true", help="read the process environment only")
     check.add_argument("--offline", action="store_true", help="only parse; ask AWS nothing")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -530,11 +536,14 @@ def _read_stdin(stream: TextIO) -> str:
 def _check(args: argparse.Namespace) -> int:
     from secretboot._check import check
 
-    rows = check(env_file=args.env_file, offline=args.offline)
+    env_file, sources = _check_sources(args)
+    rows = check(env_file=env_file, offline=args.offline)
+    # On stderr, so that --json stays one JSON document on stdout; once read, not before.
+    print(f"{CHECK_SOURCES}{sources}", file=sys.stderr)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
     elif not rows:
-        print("no references found")
+        print(f"no references found in {sources}")
     else:
         header = ("NAME", "KIND", "TARGET", "STATUS")
         table = [header] + [
@@ -544,6 +553,24 @@ def _check(args: argparse.Namespace) -> int:
         for line in table:
             print("  ".join(line[i].ljust(widths[i]) for i in range(3)) + "  " + line[3])
     return OK if all(row.ok for row in rows) else FAILED
+
+
+def _check_sources(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The env file ``check`` reads (as bootstrap() would, else ./.env if present) and how to say so.
+
+    A check that skipped the .env which migrate and seal write would report an all-clear
+    for a project whose references all live there.
+    """
+    if args.no_env_file and args.env_file:
+        raise UsageError("--env-file and --no-env-file: choose one")
+    if args.env_file:
+        return args.env_file, f"the environment and {args.env_file}"
+    configured = os.environ.get(ENV_FILE)
+    if configured:
+        return None, f"the environment and {configured} (from {ENV_FILE})"  # bootstrap() reads it
+    if not args.no_env_file and os.path.isfile(DEFAULT_ENV_FILE):
+        return DEFAULT_ENV_FILE, f"the environment and {DEFAULT_ENV_FILE}"
+    return None, "the environment"
 
 
 # -- exec -------------------------------------------------------------------------------------

@@ -1051,7 +1051,7 @@ def test_check_table(cli: Cli, aws: Aws, key: Key) -> None:
         ["SECRET_KEY", "kms", f"KMS blob, {len(blob)} bytes, key {key.arn}", "resolved"],
         ["TOKEN", "ssm", "/app/db-password", "resolved"],
     ]
-    assert run.stderr == ""
+    assert run.stderr == "secretboot check: read the environment and .env\n"
     assert env_file.read_bytes() == content
     assert_no_leak(run, cli.folder, CANARY)
     assert_no_leak(run, cli.folder, _value(env_file, "SECRET_KEY"), allowed=[env_file])
@@ -1136,9 +1136,32 @@ def test_check_does_not_print_a_plaintext_listed_as_kms(cli: Cli) -> None:
 def test_check_without_references(cli: Cli) -> None:
     _env_file(cli.folder, b"A=1\nB=two\n")
     run = cli.run("check", "--env-file", ".env")
-    assert (run.returncode, run.stdout) == (0, "no references found\n"), str(run)
+    assert (run.returncode, run.stdout) == (0, "no references found in the environment and .env\n"), str(run)
     run = cli.run("check", "--env-file", ".env", "--json")
     assert (run.returncode, json.loads(run.stdout)) == (0, [])
+    assert run.stderr == "secretboot check: read the environment and .env\n"
+
+
+def test_check_reads_dot_env_when_present_as_migrate_and_seal_do(cli: Cli) -> None:
+    """No false all-clear: the references of a project that keeps them in .env are checked."""
+    _env_file(cli.folder, b"API_TOKEN=ssm:/app/api-token\nDEBUG=1\n")
+    run = cli.run("check", "--offline")
+    assert run.returncode == 0, str(run)
+    assert re.search(r"^API_TOKEN +ssm +/app/api-token +parsed$", run.stdout, re.M)
+    assert run.stderr == "secretboot check: read the environment and .env\n"
+
+    run = cli.run("check", "--offline", "--no-env-file")
+    assert (run.returncode, run.stdout) == (0, "no references found in the environment\n"), str(run)
+    assert run.stderr == "secretboot check: read the environment\n"
+
+    # SECRETBOOT_ENV_FILE names the file bootstrap() reads: check reads that one, not ./.env.
+    (cli.folder / "prod.env").write_bytes(b"DB_PASSWORD=ssm:/app/db\n")
+    run = cli.run("check", "--offline", env={"SECRETBOOT_ENV_FILE": "prod.env"})
+    assert re.search(r"^DB_PASSWORD +ssm", run.stdout, re.M) and "API_TOKEN" not in run.stdout, str(run)
+    assert run.stderr == "secretboot check: read the environment and prod.env (from SECRETBOOT_ENV_FILE)\n"
+
+    run = cli.run("check", "--env-file", ".env", "--no-env-file")
+    assert_usage_error(run)
 
 
 def test_check_missing_env_file_is_a_usage_error(cli: Cli) -> None:

@@ -287,12 +287,25 @@ def test_secretboot_check_command_prints_what_the_cli_prints(
     command = project.manage("secretboot_check", *args)
     assert (cli.returncode, command.returncode) == (code, code), command.stderr
     assert command.stdout == cli.stdout
+    # Both say which sources they read (the CLI's first line on stderr, once read).
+    sources, _, errors = (
+        cli.stderr.partition("\n")
+        if cli.stderr.startswith("secretboot check: read ")
+        else ("", "", cli.stderr)
+    )
+    if code != 2:
+        assert sources.startswith("secretboot check: read the environment"), cli.stderr
+        assert command.stderr.startswith(sources + "\n"), command.stderr
     if code == 0:
-        assert command.stderr == cli.stderr == ""
-    elif cli.stderr:
-        assert command.stderr.strip() == "CommandError: " + cli.stderr.strip().removeprefix("secretboot: ")
+        assert errors == ""
+        assert command.stderr == sources + "\n"
+    elif errors:
+        assert command.stderr.strip() == "CommandError: " + errors.strip().removeprefix("secretboot: ")
     else:
-        assert command.stderr.strip() == "CommandError: some references do not resolve"
+        assert (
+            command.stderr.removeprefix(sources + "\n").strip()
+            == "CommandError: some references do not resolve"
+        )
     if "--json" in args:
         rows = json.loads(command.stdout)
         assert {row["name"] for row in rows} >= {"SECRET_KEY", "SECRET_KEY_FALLBACK", "DB_PASSWORD"}

@@ -237,17 +237,20 @@ def cli() -> None:
     help="List every reference, its target and whether it resolves (never values).",
     epilog=_EXIT_CODES,
 )
-@click.option("--env-file", metavar="PATH", help="a .env file to read too (as bootstrap(env_file=...))")
+@click.option("--env-file", metavar="PATH", help="a .env file to read too (default: .env if present)")
+@click.option("--no-env-file", is_flag=True, help="read the process environment only")
 @click.option("--offline", is_flag=True, help="only parse; ask AWS nothing")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_context
-def _check(ctx: click.Context, env_file: str | None, offline: bool, as_json: bool) -> None:
+def _check(ctx: click.Context, env_file: str | None, no_env_file: bool, offline: bool, as_json: bool) -> None:
     """``secretboot check``, exactly: same report, same messages, same exit codes."""
     from secretboot._cli import main
 
     argv = ["check"]
     if env_file is not None:
         argv.append(f"--env-file={env_file}")
+    if no_env_file:
+        argv.append("--no-env-file")
     if offline:
         argv.append("--offline")
     if as_json:

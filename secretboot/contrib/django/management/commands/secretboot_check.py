@@ -21,7 +21,8 @@ class Command(BaseCommand):
     requires_system_checks = ()
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--env-file", help="a .env file to read too (as bootstrap(env_file=...))")
+        parser.add_argument("--env-file", help="a .env file to read too (default: .env if present)")
+        parser.add_argument("--no-env-file", action="store_true", help="read the process environment only")
         parser.add_argument("--offline", action="store_true", help="only parse; ask AWS nothing")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -29,11 +30,19 @@ class Command(BaseCommand):
         argv = ["check"]
         if options["env_file"] is not None:
             argv.append(f"--env-file={options['env_file']}")
-        argv += [f"--{flag}" for flag in ("offline", "json") if options[flag]]
+        argv += [
+            f"--{flag.replace('_', '-')}" for flag in ("no_env_file", "offline", "json") if options[flag]
+        ]
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):
             code = _cli.main(argv)
         self.stdout.write(out.getvalue(), ending="")
+        # The line saying which sources were read is news, not an error.
+        lines = err.getvalue().splitlines()
+        for line in lines:
+            if line.startswith(_cli.CHECK_SOURCES):
+                self.stderr.write(line)
         if code != _cli.OK:
-            reason = err.getvalue().strip().removeprefix("secretboot: ")
+            errors = "\n".join(line for line in lines if not line.startswith(_cli.CHECK_SOURCES))
+            reason = errors.strip().removeprefix("secretboot: ")
             raise CommandError(reason or "some references do not resolve", returncode=code)
