@@ -184,6 +184,17 @@ def _boot(
         snapstart = _snapstart.policy(merged)
 
     refs, failures = scan(merged, kms_vars)
+    misses = near_misses(merged, kms_vars, refs)
+    if settings.strict:
+        failures.extend(misses)
+    elif misses:
+        for miss in misses:
+            _logger().warning(
+                "%s %s; it is used as plain text (%s=true makes this fail start-up)",
+                miss.variable,
+                miss.detail,
+                s.STRICT,
+            )
     from secretboot._resolve import resolve
     from secretboot._transport import Deadline
 
@@ -289,6 +300,29 @@ def scan(env: Mapping[str, str], kms_vars: frozenset[str]) -> tuple[dict[str, Re
             del refs[name]
             failures.append(Failure(name, ref.kind, ref.target, NOT_ALLOWED, f"outside {setting}"))
     return refs, failures
+
+
+NEAR_MISS = "NearMiss"
+
+
+def near_misses(
+    env: Mapping[str, str], kms_vars: frozenset[str], refs: Mapping[str, Reference]
+) -> list[Failure]:
+    """Plain values that look like a misspelt reference (``smm:/app/x``), one failure each.
+
+    Without this, the application starts with the literal string as its secret. The
+    detail quotes at most the prefix typed, never the rest of the value.
+    """
+    from secretboot._nearmiss import near_miss
+
+    found = []
+    for name, value in env.items():
+        if name in refs or name in kms_vars or name.startswith(_SKIPPED_PREFIXES):
+            continue
+        reason = near_miss(value)
+        if reason is not None:
+            found.append(Failure(name, "plain", "-", NEAR_MISS, reason))
+    return found
 
 
 def _names(ref: Reference) -> tuple[str, ...]:

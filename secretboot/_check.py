@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 
 from secretboot import _settings as s
-from secretboot._bootstrap import read_environment, scan
+from secretboot._bootstrap import near_misses, read_environment, scan
 from secretboot._outcome import Outcome
 from secretboot._reference import KmsReference, Reference
 
@@ -47,6 +47,7 @@ def check(
     kms_vars = s.kms_vars(merged)
     settings = s.Settings(merged)
     refs, failures = scan(merged, kms_vars)
+    failures += near_misses(merged, kms_vars, refs)  # errors here, whatever SECRETBOOT_STRICT says
     outcome = Outcome() if offline else resolve(refs, settings, fail_fast=False)
     failed = {f.variable: f for f in [*failures, *outcome.failures]}
     rows = [

@@ -17,6 +17,7 @@ DATA_KEY = "SECRETBOOT_DATA_KEY"
 LOCAL_KEY_FILE = "SECRETBOOT_LOCAL_KEY_FILE"
 TIMEOUT = "SECRETBOOT_TIMEOUT"
 RETRY_MODE = "SECRETBOOT_RETRY_MODE"
+STRICT = "SECRETBOOT_STRICT"  # a value that looks like a misspelt reference fails start-up
 BINARY_VARS = "SECRETBOOT_BINARY_VARS"
 # Allowlists: what a reference may name, so that whoever can set one variable
 # cannot point it at another application's secret.
@@ -71,6 +72,7 @@ class Settings:
         "local_key_file",
         "retry_mode",
         "secrets_manager_paths",
+        "strict",
         "timeout",
         "transport",
     )
@@ -95,6 +97,7 @@ class Settings:
         self.transport = env.get(TRANSPORT, "").strip().lower() or "auto"
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(f"{TRANSPORT} must be one of {', '.join(TRANSPORTS)}")
+        self.strict = flag(env, STRICT, None)
         self.retry_mode = env.get(RETRY_MODE, "").strip().lower() or "standard"
         if self.retry_mode not in RETRY_MODES:
             raise ConfigurationError(f"{RETRY_MODE} must be one of {', '.join(RETRY_MODES)}")

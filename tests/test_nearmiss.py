@@ -1,6 +1,7 @@
 """Near misses: plain values that look like a misspelt reference.
 
-Pure unit tests: no AWS, no environment, no I/O.
+Pure unit tests of ``near_miss`` (no AWS, no I/O), then what ``bootstrap()``, ``check`` and
+``SECRETBOOT_STRICT`` do with a near miss (no reference, so no AWS either).
 """
 
 from __future__ import annotations
@@ -348,3 +349,56 @@ HOST_PORT = st.builds(
 @given(st.one_of(URL, HOST_PORT))
 def test_urls_and_host_ports_are_plain(value: str) -> None:
     assert near_miss(value) is None
+
+
+# --- bootstrap(), check, SECRETBOOT_STRICT --------------------------------------------------------
+
+MISSPELT = {"API_TOKEN": f"smm:/app/{CANARY}", "DEBUG": "1", "DATABASE_URL": "postgres://u:p@db:5432/app"}
+
+
+def test_bootstrap_warns_about_a_near_miss_and_starts(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import secretboot
+
+    caplog.set_level(logging.WARNING, logger="secretboot")
+    keyring = secretboot.bootstrap(environ=MISSPELT)
+
+    assert len(keyring) == 0
+    [line] = [r.getMessage() for r in caplog.records if r.name == "secretboot"]
+    assert line == (
+        "API_TOKEN looks like a misspelt reference: 'smm:' (did you mean 'ssm:'?); it is used as "
+        "plain text (SECRETBOOT_STRICT=true makes this fail start-up)"
+    )
+    assert CANARY not in caplog.text
+
+
+def test_strict_makes_a_near_miss_fail_start_up_naming_only_the_variable() -> None:
+    import secretboot
+    from secretboot import BootstrapError
+
+    with pytest.raises(BootstrapError) as info:
+        secretboot.bootstrap(environ={**MISSPELT, "SECRETBOOT_STRICT": "true"})
+
+    [failure] = info.value.failures
+    assert (failure.variable, failure.reason) == ("API_TOKEN", "NearMiss")
+    assert CANARY not in str(info.value) and CANARY not in repr(failure)
+
+
+def test_strict_takes_only_a_boolean() -> None:
+    import secretboot
+    from secretboot import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="SECRETBOOT_STRICT must be one of"):
+        secretboot.bootstrap(environ={**MISSPELT, "SECRETBOOT_STRICT": "maybe"})
+
+
+def test_check_reports_a_near_miss_as_an_error() -> None:
+    from secretboot._check import check
+
+    rows = {row.name: row for row in check(environ=MISSPELT, offline=True)}
+
+    assert set(rows) == {"API_TOKEN"}  # the URL with a colon in it is plain, and not listed
+    assert not rows["API_TOKEN"].ok
+    assert rows["API_TOKEN"].status == "NearMiss"
+    assert CANARY not in str(rows["API_TOKEN"].as_dict())
