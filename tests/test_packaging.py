@@ -232,6 +232,8 @@ def test_wheel_holds_exactly_the_package_and_its_metadata(installed: Installed) 
     dist_info = {name for name in names if name.startswith(f"{NAME}-{VERSION}.dist-info/")}
     assert names - dist_info == _package_files(installed.src)
     assert f"{NAME}-{VERSION}.dist-info/METADATA" in dist_info
+    licenses = {path.name for path in installed.src.glob("LICEN[CS]E*")}
+    assert {f"{NAME}-{VERSION}.dist-info/licenses/{name}" for name in licenses} <= dist_info
     assert "secretboot = secretboot._cli:entry_point" in entry_points
     assert "[flask.commands]\nsecretboot = secretboot.contrib.flask:cli" in entry_points
 
