@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = REPO / "bench" / "contenders" / "faults_secretboot.py"
 QUICK_N = 5
 MAX_N = 500
-PAUSED = re.compile(r"and (\d+) retries(?: \(one request paused (\d+) ms at most\))?")
+PAUSED = re.compile(r"and (\d+) retr(?:y|ies)(?: \(one request paused (\d+) ms at most\))?")
 
 
 @dataclass

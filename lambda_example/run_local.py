@@ -165,7 +165,7 @@ def _run(stack: ExitStack, out: Output) -> None:
     # first /invocation/next a little: wait for the two lines read below.
     try:
         runtime.wait_for_output('"message":"secrets resolved"', TIMEOUT)
-        runtime.wait_for_output(" API calls ", TIMEOUT)
+        runtime.wait_for_output(" API call", TIMEOUT)
     except TimeoutError:
         pass  # reported by name just below
 
@@ -237,7 +237,7 @@ def _json_line(runtime: RuntimeProcess, message: str) -> dict[str, Any]:
 def _secretboot_line(runtime: RuntimeProcess) -> str:
     for line in runtime.output.splitlines():
         text = line.rsplit("\t", 1)[-1]
-        if text.startswith("resolved ") and " API calls " in text:
+        if text.startswith("resolved ") and " API call" in text:
             return text
     raise Failed("secretboot's INFO line is missing from the runtime's output")
 

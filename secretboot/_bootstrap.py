@@ -210,10 +210,10 @@ def _boot(
     if failures:
         error = BootstrapError(failures)
         _logger().warning(
-            "could not resolve %s after %d API calls and %d retries%s in %.0f ms",
+            "could not resolve %s after %s and %s%s in %.0f ms",
             ", ".join(error.variables),
-            calls,
-            outcome.retries,
+            _many(calls, "API call", "API calls"),
+            _many(outcome.retries, "retry", "retries"),
             _paused(outcome),
             elapsed_ms,
         )
@@ -242,17 +242,21 @@ def _boot(
         return keyring
     kinds = Counter(ref.kind for ref in refs.values())
     _logger().info(
-        "resolved %d secrets (%s) with %d API calls (%s) and %d retries%s%s in %.0f ms",
-        len(keyring),
+        "resolved %s (%s) with %s (%s) and %s%s%s in %.0f ms",
+        _many(len(keyring), "secret", "secrets"),
         _counts(kinds),
-        calls,
+        _many(calls, "API call", "API calls"),
         _counts(outcome.calls),
-        outcome.retries,
+        _many(outcome.retries, "retry", "retries"),
         _paused(outcome),
         f" via {outcome.transport}" if outcome.transport else "",
         elapsed_ms,
     )
     return keyring
+
+
+def _many(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def _paused(outcome: Outcome) -> str:

@@ -125,7 +125,7 @@ def test_ssm_batch_boundaries(
     secrets = secretboot.bootstrap(environ=env)
     assert dict(secrets) == {f"P{i}": f"value-{i}" for i in range(count)}
     calls = -(-count // 10)  # ceil: one GetParameters per 10 names
-    assert f"with {calls} API calls" in caplog.text
+    assert f"with {calls} API call{'' if calls == 1 else 's'}" in caplog.text
 
 
 def test_same_parameter_with_two_selectors_in_one_batch(aws_env: dict[str, str], ssm: Any) -> None:
@@ -345,7 +345,7 @@ class TestOncePerProcess:
         with ThreadPoolExecutor(8) as pool:
             keyrings = list(pool.map(lambda _: secretboot.bootstrap(), range(8)))
         assert all(k is keyrings[0] for k in keyrings)
-        assert caplog.text.count("resolved 1 secrets") == 1
+        assert caplog.text.count("resolved 1 secret ") == 1
 
     def test_getenv_bootstraps_on_first_use(self, aws_env: dict[str, str], ssm: Any) -> None:
         put(ssm, "/app/v", "lazy")

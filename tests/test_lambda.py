@@ -161,7 +161,7 @@ def test_a_cold_start_resolves_everything_and_the_handler_answers(aws: Aws, lab:
     status, answer = emulator.invoke(event, WAIT)
     assert_answer(aws, status, answer, event)
 
-    runtime.wait_for_output(" API calls ", WAIT)  # a reader thread delivers the output
+    runtime.wait_for_output(" API call", WAIT)  # a reader thread delivers the output
     assert logged(runtime.output, "secrets resolved")["resolved"] == {"SECRET_KEY": "kms", "API_TOKEN": "ssm"}
     assert re.search(
         rf"\tresolved 2 secrets \(kms=1, ssm=1\) with 2 API calls .* via {transport} in", runtime.output

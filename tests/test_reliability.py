@@ -43,8 +43,8 @@ DECRYPT = "TrentService.Decrypt"
 GET_PARAMETERS = "AmazonSSM.GetParameters"
 
 INFO_LINE = re.compile(
-    r"resolved (?P<secrets>\d+) secrets \(.*\) with (?P<calls>\d+) API calls \(.*\) "
-    r"and (?P<retries>\d+) retries(?: \(one request paused (?P<paused>\d+) ms at most\))? "
+    r"resolved (?P<secrets>\d+) secrets? \(.*\) with (?P<calls>\d+) API calls? \(.*\) "
+    r"and (?P<retries>\d+) retr(?:y|ies)(?: \(one request paused (?P<paused>\d+) ms at most\))? "
     r"via (?P<transport>\w+) in \d+ ms"
 )
 OUT_OF_TIME = re.compile(
@@ -52,8 +52,8 @@ OUT_OF_TIME = re.compile(
     r"after (?P<attempts>\d+) attempt\(s\); the last one met (?P<reason>\w+)"
 )
 WARNING_LINE = re.compile(
-    r"could not resolve (?P<variables>.+) after (?P<calls>\d+) API calls "
-    r"and (?P<retries>\d+) retries(?: \(one request paused (?P<paused>\d+) ms at most\))? in \d+ ms"
+    r"could not resolve (?P<variables>.+) after (?P<calls>\d+) API calls? "
+    r"and (?P<retries>\d+) retr(?:y|ies)(?: \(one request paused (?P<paused>\d+) ms at most\))? in \d+ ms"
 )
 
 

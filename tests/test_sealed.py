@@ -301,7 +301,7 @@ def test_one_decrypt_per_boot_whatever_the_count(
         assert proxy.counts() == {"TrentService.Decrypt": 1}
     transport = aws_env["SECRETBOOT_TRANSPORT"]
     assert info_line(caplog).startswith(
-        f"resolved {count} secrets (sealed={count}) with 1 API calls (kms=1) "
+        f"resolved {count} secret{'' if count == 1 else 's'} (sealed={count}) with 1 API call (kms=1) "
         f"and 0 retries via {transport} in "
     )
 
