@@ -140,7 +140,7 @@ class Boto3Transport:
             try:
                 return getattr(self._client(service), operation)(**kwargs)
             except Exception as exc:
-                error = _translated(exc)
+                error = _translated(exc, self._aws)
                 if error is None:
                     raise
             finally:
@@ -319,8 +319,11 @@ class Boto3Admin(Boto3Transport):
         )
 
 
-def _translated(exc: Exception) -> t.TransportError | None:
-    """botocore's exception as a ``TransportError`` with a reason code; ``None`` if not botocore's."""
+def _translated(exc: Exception, aws: Mapping[str, str] | None = None) -> t.TransportError | None:
+    """botocore's exception as a ``TransportError`` with a reason code; ``None`` if not botocore's.
+
+    ``aws`` is the environment's AWS variables, for saying where credentials were looked for.
+    """
     from botocore import exceptions as be
 
     if isinstance(exc, _AnswerTooLarge):
@@ -332,11 +335,11 @@ def _translated(exc: Exception) -> t.TransportError | None:
         backoff = _retry.base_for(code, status)
         return t.TransportError(t.reason_for_code(code), str(error.get("Message", "")), backoff=backoff)
     if isinstance(exc, (be.ConnectTimeoutError, be.ReadTimeoutError)):
-        return t.TransportError(t.TIMEOUT, type(exc).__name__, backoff=_retry.TRANSIENT_BASE)
+        return t.TransportError(t.TIMEOUT, _at_endpoint(exc), backoff=_retry.TRANSIENT_BASE)
     if isinstance(exc, (be.EndpointConnectionError, be.ConnectionClosedError, be.HTTPClientError)):
-        return t.TransportError(t.CONNECTION_ERROR, type(exc).__name__, backoff=_retry.TRANSIENT_BASE)
+        return t.TransportError(t.CONNECTION_ERROR, _at_endpoint(exc), backoff=_retry.TRANSIENT_BASE)
     if isinstance(exc, be.NoCredentialsError):
-        return t.TransportError(t.NO_CREDENTIALS, "no AWS credentials found")
+        return t.TransportError(t.NO_CREDENTIALS, no_credentials(aws or {}))
     if isinstance(exc, be.NoRegionError):
         return t.TransportError(t.NO_REGION, "set AWS_REGION")
     if isinstance(exc, be.ParamValidationError):
@@ -347,3 +350,36 @@ def _translated(exc: Exception) -> t.TransportError | None:
     if isinstance(exc, UnicodeEncodeError):  # say, a credential with a non-ASCII character
         return t.TransportError(t.INVALID_REQUEST, "the request holds text that cannot be encoded")
     return None
+
+
+def _at_endpoint(exc: Exception) -> str:
+    """The kind of ``exc`` and the host:port it was talking to, when botocore says.
+
+    Only the host and port of its ``endpoint_url``: never a path or query (a request's URL
+    could carry one), nor a user:password@ part; never botocore's own text.
+    """
+    from urllib.parse import urlsplit
+
+    kind = type(exc).__name__
+    url = getattr(exc, "kwargs", {}).get("endpoint_url")
+    if not isinstance(url, str):
+        return kind
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        return kind
+    if not host:
+        return kind
+    return f"{kind} at {f'[{host}]' if ':' in host else host}:{port}"
+
+
+def no_credentials(aws: Mapping[str, str]) -> str:
+    """Where boto3 looked for credentials (its default chain, in order) and what to set."""
+    profile = aws.get("AWS_PROFILE") or "default"
+    return (
+        "no AWS credentials found; boto3 looked in: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+        f"profile {profile!r} (AWS_PROFILE) in ~/.aws/credentials and ~/.aws/config; "
+        "AWS_WEB_IDENTITY_TOKEN_FILE; container and instance metadata. "
+        "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    )

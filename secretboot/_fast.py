@@ -38,16 +38,22 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "A
 
 def unsupported(env: Mapping[str, str], services: Collection[str] = tuple(_TARGETS)) -> str | None:
     """Why the fast transport cannot serve ``services`` in this environment, or ``None`` if it can."""
-    if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
-        return "AWS credentials are not in the environment"
+    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(name)]
+    if missing:
+        return (
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the fast transport "
+            "reads credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN "
+            "only (boto3 also looks in AWS_PROFILE's shared files, container and instance metadata)"
+        )
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not region:
-        return "no AWS_REGION is set"
+        return "neither AWS_REGION nor AWS_DEFAULT_REGION is set: set AWS_REGION"
     for flag in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"):
         if env.get(flag, "").lower() == "true":
-            return f"{flag} is set"
-    if any(env.get(name) for name in _PROXY_VARIABLES):
-        return "an HTTP proxy is configured"
+            return f"{flag} is set (the fast transport speaks to standard endpoints only)"
+    proxy = next((name for name in _PROXY_VARIABLES if env.get(name)), None)
+    if proxy is not None:  # named, never its value: a proxy URL can hold a password
+        return f"{proxy} is set (the fast transport does not use proxies)"
     for service in services:
         url = t.endpoint_url(env, service)
         if url is None and not re.fullmatch(_STANDARD_REGION, region):
@@ -203,11 +209,12 @@ class FastTransport:
                 ) from None
             except TimeoutError:
                 raise t.TransportError(
-                    t.TIMEOUT, f"{operation} timed out", backoff=_retry.TRANSIENT_BASE
+                    t.TIMEOUT, f"{operation} timed out at {pool.endpoint}", backoff=_retry.TRANSIENT_BASE
                 ) from None
             except (OSError, http.client.HTTPException) as exc:
-                kind = type(exc).__name__
-                raise t.TransportError(t.CONNECTION_ERROR, kind, backoff=_retry.TRANSIENT_BASE) from None
+                # The kind and the endpoint's host:port, never the exception's text (or the URL).
+                detail = f"{type(exc).__name__} at {pool.endpoint}"
+                raise t.TransportError(t.CONNECTION_ERROR, detail, backoff=_retry.TRANSIENT_BASE) from None
             if status == 200:
                 answer = _json(data)
                 if answer is None:  # not raised in an except block: the error holds the body
@@ -290,6 +297,8 @@ class _Pool:
         self._port = parts.port or default_port
         host = f"[{self._host}]" if ":" in self._host else self._host  # IPv6 literal
         self.host_header = host if self._port == default_port else f"{host}:{self._port}"
+        # host:port for error messages: urlsplit left out any user:password@, path and query.
+        self.endpoint = f"{host}:{self._port}"
         self.path = parts.path or "/"
         self._ca_bundle = ca_bundle
         self._idle: list[http.client.HTTPConnection] = []
