@@ -57,14 +57,68 @@ CANNOT_EXECUTE = 126  # exec: the command exists but cannot be run
 NOT_FOUND = 127  # exec: no such command
 INTERRUPTED = 130  # Ctrl-C
 
-EXIT_CODES = f"""exit codes:
-  {OK}    success (including "nothing to change")
-  {FAILED}    a secret could not be resolved, encrypted, stored or written
-  {USAGE}    usage or input error (bad arguments, missing variable, unreadable file, value too large)
-  {CANNOT_EXECUTE}  exec: the command cannot be executed
-  {NOT_FOUND}  exec: the command was not found
-  {INTERRUPTED}  interrupted
-"""
+_MEANINGS = {
+    OK: 'success (including "nothing to change")',
+    FAILED: "a secret could not be resolved, encrypted, stored or written",
+    USAGE: "usage or input error (bad arguments, missing variable, unreadable file, value too large)",
+    CANNOT_EXECUTE: "exec: the command cannot be executed",
+    NOT_FOUND: "exec: the command was not found",
+    INTERRUPTED: "interrupted",
+}
+
+
+def _exit_table(meanings: Mapping[int, str], footer: str = "") -> str:
+    lines = [f"  {code:<3}  {meaning}" for code, meaning in meanings.items()]
+    return "exit codes:\n" + "\n".join(lines) + "\n" + footer
+
+
+# The whole table, in `secretboot --help` and the README.
+EXIT_CODES = _exit_table(_MEANINGS)
+
+_WRITES = {code: _MEANINGS[code] for code in (OK, FAILED, USAGE, INTERRUPTED)}
+
+# Each command's --help lists the codes that command can return, and only those.
+COMMAND_EXIT_CODES = {
+    "migrate": _exit_table(_WRITES),
+    "encrypt": _exit_table(
+        {
+            OK: "success",
+            FAILED: "the value could not be encrypted or stored",
+            USAGE: _MEANINGS[USAGE],
+            INTERRUPTED: _MEANINGS[INTERRUPTED],
+        }
+    ),
+    # The same words as `flask secretboot check` (secretboot/contrib/flask.py).
+    "check": _exit_table(
+        {
+            OK: "every reference resolves (with --offline: parses)",
+            FAILED: "a reference does not resolve",
+            USAGE: "usage or input error (bad option, unreadable --env-file)",
+            INTERRUPTED: _MEANINGS[INTERRUPTED],
+        }
+    ),
+    "exec": _exit_table(
+        {
+            FAILED: "a secret could not be resolved (COMMAND was not run)",
+            USAGE: "usage or input error (bad arguments, unreadable --env-file)",
+            CANNOT_EXECUTE: "the command cannot be executed",
+            NOT_FOUND: "the command was not found",
+            INTERRUPTED: _MEANINGS[INTERRUPTED],
+        },
+        "  otherwise COMMAND's own exit code: exec replaces this process with it\n",
+    ),
+    "seal": _exit_table(_WRITES),
+    "reseal": _exit_table(_WRITES),
+    # keygen asks AWS nothing: whatever stops it is a usage or input error.
+    "keygen": _exit_table(
+        {
+            OK: "success",
+            USAGE: "usage or input error (the file exists, or cannot be created or written)",
+            INTERRUPTED: _MEANINGS[INTERRUPTED],
+        }
+    ),
+    "rotate": _exit_table(_WRITES),
+}
 
 KMS_PLAINTEXT_LIMIT = 4096  # bytes KMS Encrypt accepts
 SEALED_MAX_PLAINTEXT = SEALED_MAX_BLOB - SEALED_OVERHEAD
@@ -205,7 +259,7 @@ def _build_parser() -> argparse.ArgumentParser:
             name,
             help=help,
             description=help,
-            epilog=EXIT_CODES,
+            epilog=COMMAND_EXIT_CODES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(command=name, run=run)

@@ -220,11 +220,14 @@ def _describe(value: str) -> tuple[str, str]:
 
 # -- flask secretboot check -------------------------------------------------------------------
 
+# The codes and words of `secretboot check --help` (secretboot._cli.COMMAND_EXIT_CODES): this
+# command runs it. Written out, not imported, so that loading the extension stays light.
 _EXIT_CODES = """\b
 exit codes:
-  0  every reference resolves (with --offline: parses)
-  1  a reference does not resolve
-  2  usage or input error (bad option, unreadable --env-file)"""
+    0  every reference resolves (with --offline: parses)
+    1  a reference does not resolve
+    2  usage or input error (bad option, unreadable --env-file)
+  130  interrupted"""
 
 
 @click.group(EXTENSION_NAME, help="secretboot: KMS- and SSM-backed secrets in the environment.")
