@@ -154,11 +154,22 @@ def test_cfn_lint_is_clean() -> None:
 
 def test_local_code_folders_exist(sam: dict[str, Any]) -> None:
     resources = sam["Resources"]
-    assert (ROOT / resources["Function"]["Properties"]["CodeUri"]).is_dir()
-    layer = ROOT / resources["SecretbootLayer"]["Properties"]["ContentUri"]
-    lines = [line.strip() for line in (layer / "requirements.txt").read_text().splitlines()]
-    # The layer installs this working copy: "./" is resolved against the folder sam build runs in.
-    assert [line for line in lines if line and not line.startswith("#")] == ["./"]
+    code = ROOT / resources["Function"]["Properties"]["CodeUri"]
+    assert (code / "app.py").is_file()
+    # The function's own imports (Powertools) are packaged from its requirements.txt.
+    function_requirements = [
+        line.strip() for line in (code / "requirements.txt").read_text().splitlines() if line.strip()
+    ]
+    assert any(line.startswith("aws-lambda-powertools") for line in function_requirements)
+    # The layer is built by its makefile (secretboot --no-deps, plus requirements.txt), so that
+    # boto3 and botocore, which the runtime has, stay out; tests/test_deploy_artifacts.py builds it.
+    layer = resources["SecretbootLayer"]
+    folder = ROOT / layer["Properties"]["ContentUri"]
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert "build-SecretbootLayer:" in (folder / "Makefile").read_text()
+    lines = [line.strip() for line in (folder / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=!~ \[]", line)[0].lower() for line in lines if line and line[0] != "#"}
+    assert names == {"python-dotenv", "cryptography"}
 
 
 def test_role_grants_exactly_decrypt_and_get_parameters(
@@ -241,8 +252,17 @@ def test_function_runtime_architecture_and_snapstart(
     assert sam["Resources"]["Function"]["Properties"]["AutoPublishAliasAllProperties"] is True
     assert sam["Resources"]["SecretbootLayer"]["Properties"]["PublishLambdaVersion"] is True
     layer = sam["Resources"]["SecretbootLayer"]
-    assert layer["Metadata"]["BuildMethod"] == function["Runtime"]
     assert layer["Properties"]["CompatibleRuntimes"] == [function["Runtime"]]
+    assert layer["Properties"]["CompatibleArchitectures"] == function["Architectures"]
+    assert layer["Metadata"]["BuildArchitecture"] == function["Architectures"][0]
+    # The makefile's wheels are for the function's Python and platform.
+    makefile = (ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text()
+    version = function["Runtime"].removeprefix("python")
+    platforms = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
+    platform = platforms[function["Architectures"][0]]
+    assert re.search(rf"^PYTHON \?= python{re.escape(version)}$", makefile, re.M)
+    assert re.search(rf"^PYTHON_VERSION \?= {re.escape(version)}$", makefile, re.M)
+    assert re.search(rf"^PLATFORM \?= {platform}$", makefile, re.M)
 
 
 def test_environment_holds_references_not_secrets(function: dict[str, Any], params: dict[str, str]) -> None:
