@@ -232,6 +232,8 @@ def out_of_time(operation: str, attempts: int, last: t.TransportError | None) ->
         reason = ""
     elif last.reason == t.TIMEOUT:
         reason = "; the last one got no answer in time"
+    elif last.reason == t.CONNECTION_ERROR and last.detail:  # names the host:port it could not reach
+        reason = f"; the last one met {last.reason} ({last.detail})"
     else:
         reason = f"; the last one met {last.reason}"
     return t.TransportError(

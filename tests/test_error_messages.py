@@ -231,3 +231,15 @@ def test_the_top_level_help_keeps_the_whole_table(capsys: pytest.CaptureFixture[
 
 def test_flask_check_lists_the_same_codes_and_words_as_secretboot_check() -> None:
     assert _codes(flask_contrib._EXIT_CODES) == _codes(_cli.COMMAND_EXIT_CODES["check"])
+
+
+def test_out_of_time_after_connection_errors_names_the_host() -> None:
+    from secretboot import _retry
+    from secretboot import _transport as t
+
+    last = t.TransportError(t.CONNECTION_ERROR, "ConnectionRefusedError at 127.0.0.1:9")
+    error = _retry.out_of_time("GetParameters", 7, last)
+    assert error.detail == (
+        "SECRETBOOT_TIMEOUT ran out for GetParameters after 7 attempt(s); "
+        "the last one met ConnectionError (ConnectionRefusedError at 127.0.0.1:9)"
+    )
