@@ -512,9 +512,9 @@ def cli_vocabulary() -> tuple[list[str], list[str]]:
     """(every subcommand, every option string of the parser and its subcommands)."""
     import argparse
 
-    from secretboot._cli import _build_parser
+    from secretboot._cli import build_parser
 
-    parser = _build_parser()
+    parser = build_parser()
     commands: list[str] = []
     options: set[str] = set()
     for action in parser._actions:
@@ -543,10 +543,10 @@ def cli_grammar() -> dict[str, tuple[list[str], list[Option]]]:
     """Each subcommand's positionals (their nargs) and options, read from the parser itself."""
     import argparse
 
-    from secretboot._cli import _build_parser
+    from secretboot._cli import build_parser
 
     grammar: dict[str, tuple[list[str], list[Option]]] = {}
-    for action in _build_parser()._actions:
+    for action in build_parser()._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
         for name, sub in action.choices.items():

@@ -261,7 +261,8 @@ def _secret(answer: Mapping[str, Any]) -> t.Secret:
 
 
 class Boto3Admin(Boto3Transport):
-    """The one-time operations of the CLI: encrypt, re-encrypt, store a SecureString.
+    """The one-time operations of the CLI: encrypt, re-encrypt, store a SecureString, rewrite a
+    Lambda function's environment.
 
     boto3 here, not the fast transport: these run on a developer's machine or in a
     pipeline, where profiles, SSO and instance credentials must work.
@@ -317,6 +318,28 @@ class Boto3Admin(Boto3Transport):
                 Tier="Advanced" if len(value.encode("utf-8")) > 4096 else "Standard",
             ),
         )
+
+
+    def function_environment(self, function: str) -> tuple[dict[str, str], str | None]:
+        """A Lambda function's environment variables and the revision they belong to."""
+        answer = self._invoke("lambda", "get_function_configuration", {"FunctionName": function})
+        variables = answer.get("Environment", {}).get("Variables", {})
+        return dict(variables), answer.get("RevisionId")
+
+    def update_function_environment(
+        self, function: str, variables: Mapping[str, str], *, revision: str | None
+    ) -> None:
+        """Replace the function's environment, only if it is still at ``revision``."""
+        kwargs: dict[str, Any] = {"FunctionName": function, "Environment": {"Variables": dict(variables)}}
+        if revision:
+            kwargs["RevisionId"] = revision
+        try:
+            self._invoke("lambda", "update_function_configuration", kwargs)
+            return
+        except t.TransportError as exc:
+            # Lambda's refusals can quote the environment sent (its 4 KB error quotes all of it).
+            refused = t.TransportError(exc.reason, f"Lambda refused the new environment of {function}")
+        raise refused
 
 
 def _translated(exc: Exception, aws: Mapping[str, str] | None = None) -> t.TransportError | None:

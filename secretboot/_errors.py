@@ -17,6 +17,15 @@ class ConfigurationError(SecretbootError):
     __module__ = "secretboot"  # tracebacks say secretboot.ConfigurationError, the public name
 
 
+class InputError(SecretbootError):
+    """What a CLI workflow was given cannot be protected as asked (empty, too large, expanded)."""
+
+
+class VerificationError(SecretbootError):
+    """A value just written (wrapped, stored, sealed) did not read back as itself: nothing was
+    written where the app reads it."""
+
+
 class ReferenceSyntaxError(SecretbootError, ValueError):
     """A value looks like a reference but does not follow the grammar.
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from secretboot import _envelope as e
 from secretboot import _transport as t
+from secretboot._errors import VerificationError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class KmsKeySource:
         wrapped = e.WrappedKey("kms", blob)
         # Verify before anything is written, as migrate does.
         if not hmac.compare_digest(self.unwrap(wrapped), data_key):
-            raise t.TransportError("VerificationFailed", "the new data key did not decrypt back to itself")
+            raise VerificationError("the new data key did not decrypt back to itself")
         return data_key, wrapped
 
     def unwrap(self, wrapped: e.WrappedKey) -> bytes:

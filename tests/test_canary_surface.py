@@ -46,7 +46,7 @@ def test_every_public_name_is_driven_by_the_suites(name: str) -> None:
 
 
 def _commands() -> list[str]:
-    parser = _cli._build_parser()
+    parser = _cli.build_parser()
     (commands,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     return sorted(commands.choices)  # type: ignore[attr-defined]
 

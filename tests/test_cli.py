@@ -32,6 +32,7 @@ from cryptography.fernet import Fernet, MultiFernet
 
 import secretboot
 from secretboot import _cli
+from secretboot._cli import _base as _cli_base
 from secretboot._reference import is_reference
 from tests.awsproxy import AwsProxy
 from tests.conftest import CREDENTIALS, REGION, moto_api
@@ -1419,9 +1420,9 @@ def test_readme_command_line_examples_parse() -> None:
     used = set()
     for line in commands:
         try:
-            args = _cli._build_parser().parse_args(_argv(line))
+            args = _cli.build_parser().parse_args(_argv(line))
             if hasattr(args, "context"):
-                _cli._context(args.context, args.lambda_function)
+                _cli_base.parse_context(args.context, args.lambda_function)
         except (_cli.UsageError, SystemExit) as exc:
             pytest.fail(f"README example does not parse: {line!r}: {exc}")
         assert args.command is not None, line

@@ -114,6 +114,7 @@ def _fenced_after(text: str, marker: str) -> str:
 
 def test_envelope_doc_commands_parse() -> None:
     from secretboot import _cli
+    from secretboot._cli import _base as _cli_base
 
     text = ENVELOPE.read_text()
     blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
@@ -124,9 +125,9 @@ def test_envelope_doc_commands_parse() -> None:
             words.pop(0)  # VAR=value in front of the command
         if words[:1] != ["secretboot"]:
             continue
-        args = _cli._build_parser().parse_args(words[1:])
+        args = _cli.build_parser().parse_args(words[1:])
         if hasattr(args, "context"):
-            _cli._context(args.context, args.lambda_function)
+            _cli_base.parse_context(args.context, args.lambda_function)
         used.add(args.command)
     assert used == {"seal", "reseal", "rotate", "keygen", "check"}
 
