@@ -319,7 +319,6 @@ class Boto3Admin(Boto3Transport):
             ),
         )
 
-
     def function_environment(self, function: str) -> tuple[dict[str, str], str | None]:
         """A Lambda function's environment variables and the revision they belong to."""
         answer = self._invoke("lambda", "get_function_configuration", {"FunctionName": function})

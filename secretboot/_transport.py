@@ -100,6 +100,7 @@ _ENDPOINT_VARIABLES = {
     "kms": "AWS_ENDPOINT_URL_KMS",
     "ssm": "AWS_ENDPOINT_URL_SSM",
     "secretsmanager": "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "lambda": "AWS_ENDPOINT_URL_LAMBDA",  # the CLI's migrate --apply
 }
 
 
