@@ -503,7 +503,7 @@ def _botocore(env: Mapping[str, str], world: World) -> tuple[str, str | None]:
         frozen = credentials.get_frozen_credentials()
     except Exception as exc:  # the row pins which
         return type(exc).__name__, None
-    return method, _identity(world, method, frozen.access_key, frozen.secret_key, frozen.token)
+    return method, _identity(world, method, str(frozen.access_key), str(frozen.secret_key), frozen.token)
 
 
 def _secretboot(env: Mapping[str, str], home: Path, world: World) -> tuple[str, str | None]:

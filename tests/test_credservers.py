@@ -48,7 +48,10 @@ def _no_sleep(_: float) -> None:
 
 def _imds_fetcher(endpoint: str, *, timeout: float = 1.0) -> InstanceMetadataFetcher:
     return InstanceMetadataFetcher(
-        timeout=timeout, num_attempts=1, env={}, config={"ec2_metadata_service_endpoint": endpoint}
+        timeout=timeout,  # type: ignore[arg-type]  # stubs say int; urllib3 takes seconds as a float
+        num_attempts=1,
+        env={},
+        config={"ec2_metadata_service_endpoint": endpoint},
     )
 
 
