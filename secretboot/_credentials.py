@@ -253,7 +253,7 @@ def plan(env: Mapping[str, str], *, home: str | None = None) -> Source | str:
 def _plan(env: Mapping[str, str], home: str | None) -> Source:
     from secretboot import _credsources as cs
 
-    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_SECRET_ACCESS_KEY"):
+    if env.get("AWS_ACCESS_KEY_ID"):  # botocore skips the environment without one, secret or not
         names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
         present = {name: env[name] for name in names if env.get(name)}  # botocore skips empty ones
         found = _keys(present, names, ENVIRONMENT, "the environment")
@@ -282,7 +282,7 @@ def _plan(env: Mapping[str, str], home: str | None) -> Source:
             endpoint=cs.sts_endpoint(env, region(env, home=home), files.setting, files.profile),
             ca_bundle=files.setting("AWS_CA_BUNDLE", "ca_bundle") or None,
         )
-    if any(key.startswith("sso_") for key in profile):
+    if "sso_account_id" in profile or "sso_role_name" in profile:  # what botocore's SSO provider needs
         raise _Unsupported(f"{label} uses IAM Identity Center (sso_*): boto3 handles SSO")
     if "aws_access_key_id" in files.credentials.get(files.name, {}):
         names = ("aws_access_key_id", "aws_secret_access_key", "aws_security_token", "aws_session_token")

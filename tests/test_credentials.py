@@ -273,7 +273,6 @@ def test_environment_keys_and_tokens(tmp_path: Path) -> None:
     "env",
     [
         {"AWS_ACCESS_KEY_ID": CANARY},
-        {"AWS_SECRET_ACCESS_KEY": CANARY},
         {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": CANARY, "AWS_CREDENTIAL_EXPIRATION": CANARY},
     ],
 )
@@ -281,6 +280,19 @@ def test_partial_or_odd_environment_is_left_to_boto3(env: dict[str, str], tmp_pa
     why = plan(env, tmp_path)
     assert isinstance(why, str)
     no_leak(why)
+
+
+@pytest.mark.parametrize("access_key", [None, ""])
+def test_a_secret_without_an_access_key_is_skipped_as_botocore_skips_it(
+    access_key: str | None, tmp_path: Path
+) -> None:
+    env = {"AWS_SECRET_ACCESS_KEY": CANARY}
+    if access_key is not None:
+        env["AWS_ACCESS_KEY_ID"] = access_key
+    source = plan(env, tmp_path)
+    assert not isinstance(source, str)
+    assert source.name == c.INSTANCE_METADATA  # the chain goes on past the environment
+    no_leak(repr(source))
 
 
 def write(path: Path, text: str) -> str:
