@@ -207,7 +207,8 @@ def _keys(values: Mapping[str, str], tokens: tuple[str, ...], source: str, where
     """A key pair and the first token name present (botocore's order); partial: boto3 decides."""
     access, secret = values.get(tokens[0], ""), values.get(tokens[1], "")
     if not access or not secret:
-        raise _Unsupported(f"{where} holds only part of a key pair (boto3 reports which)")
+        missing = tokens[1] if access else tokens[0]
+        raise _Unsupported(f"{where} holds only part of a key pair: {missing} is not set")
     token = next((values[name] for name in tokens[2:] if name in values), None)
     return Credentials(access, secret, token or None, None, source)
 
@@ -299,6 +300,12 @@ def _plan(env: Mapping[str, str], home: str | None) -> Source:
     _refuse_boto2_files(env, _home(env, home))
     if "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" in env or "AWS_CONTAINER_CREDENTIALS_FULL_URI" in env:
         return cs.container(env)
+    if env.get("AWS_EC2_METADATA_DISABLED", "false").lower() == "true":
+        raise _Unsupported(
+            "no AWS credentials found: none in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, in "
+            f"{label} (AWS_PROFILE) in the shared credentials and config files, nor container "
+            "credentials (AWS_CONTAINER_CREDENTIALS_*); AWS_EC2_METADATA_DISABLED rules out instance metadata"
+        )
     return cs.instance_metadata(env, files.setting)
 
 

@@ -448,6 +448,10 @@ IMDS_ATTEMPTS = 1
 _ROLE_PATH = "latest/meta-data/iam/security-credentials/"
 
 
+# botocore's chain reaches instance metadata only when nothing before it had credentials.
+_LAST_RESORT = "no AWS credentials in the environment, the shared files or a container, and "
+
+
 def instance_metadata(env: Mapping[str, str], setting: Callable[[str, str], str | None]) -> InstanceMetadata:
     """The IMDS source, configured from the variables and the profile as botocore's session is."""
     if env.get("AWS_EC2_METADATA_DISABLED", "false").lower() == "true":
@@ -554,7 +558,7 @@ class InstanceMetadata:
             if status == 200 and data:
                 return data
             problem = f"HTTP {status}" if status != 200 else "an empty answer"
-        where = f"instance metadata at {self._endpoint.label}"
+        where = f"{_LAST_RESORT}instance metadata at {self._endpoint.label}"
         raise t.TransportError(
             t.NO_CREDENTIALS, f"{where} gave no {what} after {self._attempts} attempt(s) ({problem})"
         )
@@ -564,7 +568,7 @@ class InstanceMetadata:
         if token is None and self._v1_disabled:
             raise t.TransportError(
                 t.NO_CREDENTIALS,
-                f"instance metadata at {self._endpoint.label} gave no IMDSv2 token and "
+                f"{_LAST_RESORT}instance metadata at {self._endpoint.label} gave no IMDSv2 token and "
                 "IMDSv1 is disabled (AWS_EC2_METADATA_V1_DISABLED)",
             )
         role = self._get(_ROLE_PATH, token, deadline, "role name").decode("utf-8", "replace")

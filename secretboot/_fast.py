@@ -7,7 +7,8 @@ exponential backoff and full jitter on throttling, 5xx and connection errors
 (bounded by the deadline, see ``_retry``), optionally a client-side rate limit
 per service after throttling (botocore's ``adaptive`` mode), connect and read timeouts,
 TLS verified against the system's trust store, keep-alive connections reused
-per endpoint, the same reason codes.
+per endpoint, the same reason codes, and the same identity: credentials come from the
+source botocore's default chain would use (``_credentials``), refreshed before they expire.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from secretboot import _retry, _sigv4
+from secretboot import _credentials, _retry, _sigv4
 from secretboot import _transport as t
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
 if TYPE_CHECKING:
     from typing import Any
+
+    from secretboot._credentials import Source
 
 _TARGETS = {"kms": "TrentService", "ssm": "AmazonSSM", "secretsmanager": "secretsmanager"}
 _USER_AGENT = "secretboot/0.1.0 (fast transport)"
@@ -38,29 +41,36 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "A
 
 def unsupported(env: Mapping[str, str], services: Collection[str] = tuple(_TARGETS)) -> str | None:
     """Why the fast transport cannot serve ``services`` in this environment, or ``None`` if it can."""
-    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(name)]
-    if missing:
-        return (
-            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the fast transport "
-            "reads credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN "
-            "only (boto3 also looks in AWS_PROFILE's shared files, container and instance metadata)"
-        )
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if not region:
-        return "neither AWS_REGION nor AWS_DEFAULT_REGION is set: set AWS_REGION"
+    chosen = plan(env, services)
+    return chosen if isinstance(chosen, str) else None
+
+
+def plan(env: Mapping[str, str], services: Collection[str] = tuple(_TARGETS)) -> tuple[Source, str] | str:
+    """(the credentials source, the region) the fast transport would use, or why it cannot.
+
+    The source is the one botocore's default chain would pick (``_credentials.plan``), so both
+    transports sign as the same identity; where botocore would do what we do not (SSO,
+    credential_process, role chains), the sentence says so and boto3 serves instead.
+    """
     for flag in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT"):
         if env.get(flag, "").lower() == "true":
             return f"{flag} is set (the fast transport speaks to standard endpoints only)"
     proxy = next((name for name in _PROXY_VARIABLES if env.get(name)), None)
     if proxy is not None:  # named, never its value: a proxy URL can hold a password
         return f"{proxy} is set (the fast transport does not use proxies)"
+    source = _credentials.plan(env)
+    if isinstance(source, str):
+        return source
+    region = _credentials.region(env)
+    if not region:
+        return "no region is set (AWS_REGION, AWS_DEFAULT_REGION or the profile's region): set AWS_REGION"
     for service in services:
         url = t.endpoint_url(env, service)
         if url is None and not re.fullmatch(_STANDARD_REGION, region):
             return f"region {region!r} is outside the standard partition"
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             return f"the {service} endpoint is not an http(s) URL"
-    return None
+    return source, region
 
 
 class FastTransport:
@@ -78,23 +88,22 @@ class FastTransport:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
         adaptive: bool = False,
+        planned: tuple[Source, str] | None = None,
     ) -> None:
-        """``rand``, ``sleep`` and ``clock`` are injected for tests: ``rand`` draws the jitter
+        """``planned`` is ``plan(env, services)`` when the caller has it already.
+        ``rand``, ``sleep`` and ``clock`` are injected for tests: ``rand`` draws the jitter
         (by default from the operating system), ``sleep`` replaces the pauses, and ``clock``
         gives this transport rate limiters of its own instead of the process's.
         ``adaptive=True`` paces retries with the process's rate limiter per service. It is off
         by default: measured, it made cold starts slower and less likely to succeed (see
         docs/reliability.md), since one start sends too few requests to overrun a quota alone.
         """
-        why = unsupported(env, services)
-        if why is not None:
-            raise ValueError(f"the fast transport cannot be used: {why}")
-        self._region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
-        self._access_key = env["AWS_ACCESS_KEY_ID"]
-        self._secret_key = env["AWS_SECRET_ACCESS_KEY"]
-        self._token = env.get("AWS_SESSION_TOKEN") or None
-        # AWS credentials are ASCII; anything else cannot be signed (nor shown: it is a key).
-        self._credentials_ok = (self._access_key + self._secret_key + (self._token or "")).isascii()
+        chosen = plan(env, services) if planned is None else planned
+        if isinstance(chosen, str):
+            raise ValueError(f"the fast transport cannot be used: {chosen}")
+        source, self._region = chosen
+        # The process's cache: a second bootstrap() or a refresh reuses unexpired credentials.
+        self._credentials = _credentials.cache_for(source)
         self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
         self._deadline = deadline
         self._policy = _retry.RetryPolicy(deadline, rand=rand, sleep=sleep)
@@ -178,7 +187,9 @@ class FastTransport:
             "X-Amz-Target": f"{_TARGETS[service]}.{operation}",
             "User-Agent": _USER_AGENT,
         }
-        if not self._credentials_ok:
+        credentials = self._credentials.get(self._deadline)
+        # AWS credentials are ASCII; anything else cannot be signed (nor shown: it is a key).
+        if not (credentials.access_key + credentials.secret_key + (credentials.token or "")).isascii():
             raise t.TransportError(t.INVALID_CREDENTIALS, "the AWS credentials hold non-ASCII characters")
         connect_timeout, read_timeout = t.CONNECT_TIMEOUT, t.READ_TIMEOUT
 
@@ -193,9 +204,9 @@ class FastTransport:
                 path=pool.path,
                 headers=headers,
                 body=body,
-                access_key=self._access_key,
-                secret_key=self._secret_key,
-                session_token=self._token,
+                access_key=credentials.access_key,
+                secret_key=credentials.secret_key,
+                session_token=credentials.token,
                 region=self._region,
                 service=service,
             )

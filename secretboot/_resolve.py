@@ -257,11 +257,13 @@ def default_transport(
     if settings.transport != "boto3":
         from secretboot import _fast
 
-        why = _fast.unsupported(settings.aws, services)
-        if why is None:
-            return _fast.FastTransport(settings.aws, services=services, deadline=deadline, adaptive=adaptive)
+        chosen = _fast.plan(settings.aws, services)
+        if not isinstance(chosen, str):
+            return _fast.FastTransport(
+                settings.aws, services=services, deadline=deadline, adaptive=adaptive, planned=chosen
+            )
         if settings.transport == "fast":
-            raise ConfigurationError(f"{TRANSPORT}=fast, but {why}")
+            raise ConfigurationError(f"{TRANSPORT}=fast, but {chosen}")
     from secretboot._boto3 import Boto3Transport
 
     return Boto3Transport(

@@ -82,13 +82,17 @@ class Settings:
         # Sealed values: the wrapped data key, and the key file that unwraps a local: one.
         self.data_key = env.get(DATA_KEY) or None
         self.local_key_file = env.get(LOCAL_KEY_FILE) or None
-        # The AWS SDK's own variables (region, endpoint, credentials, proxies)
+        # The AWS SDK's own variables (region, endpoint, credentials, boto2's BOTO_CONFIG, proxies)
         # as they are in this environment, which may be a mapping or include a
         # .env file.
-        self.aws = {k: v for k, v in env.items() if k.startswith("AWS_") or k.lower().endswith("_proxy")}
-        # boto3 takes proxies from the process environment whatever is booted.
+        self.aws = {
+            k: v for k, v in env.items() if k.startswith(("AWS_", "BOTO_")) or k.lower().endswith("_proxy")
+        }
+        # boto3 reads what it is not given (proxies, the credential chain's variables) from the
+        # process environment whatever is booted: both transports see the same, so they pick
+        # the same identity.
         for name, value in os.environ.items():
-            if name.lower().endswith("_proxy"):
+            if name.startswith(("AWS_", "BOTO_")) or name.lower().endswith("_proxy"):
                 self.aws.setdefault(name, value)
         self.timeout = _timeout(env)
         # Variables whose plaintext is bytes, not text: base64 in the keyring, raw via as_bytes().

@@ -53,7 +53,10 @@ def register(chosen: str) -> None:
 
 
 def before_snapshot() -> None:
+    from secretboot import _credentials
     from secretboot._bootstrap import _restore_environ, _state
+
+    _credentials.forget()  # temporary credentials fetched at INIT stay out of the snapshot too
 
     with _state.lock:
         if _state.keyring is not None:
@@ -63,11 +66,13 @@ def before_snapshot() -> None:
 
 def after_restore(timeout: float = RESTORE_TIMEOUT) -> None:
     """Resolve again with the last boot's options; fail the restore if it cannot in time."""
-    from secretboot import _retry
+    from secretboot import _credentials, _retry
     from secretboot._bootstrap import _state, bootstrap
 
-    # Rate limits learnt before the snapshot belong to another process's moment.
+    # Rate limits learnt before the snapshot belong to another process's moment, and
+    # temporary credentials fetched then may have expired since: fetch them again.
     _retry.forget_limiters()
+    _credentials.forget()
     failure: list[BaseException] = []
 
     # The options travel as the thread's arguments, not as locals of this frame, and the

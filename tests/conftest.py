@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import secretboot
-from secretboot import _retry
+from secretboot import _credentials, _retry
 from tests.localaws import CREDENTIALS, REGION, client, moto_server
 
 
@@ -33,6 +33,7 @@ def _clean_state() -> Iterator[None]:
     """Every test starts unbooted, with no rate limit learnt, and leaves os.environ as it found it."""
     secretboot.reset()
     _retry.forget_limiters()  # the process's limiters would carry one test's throttling into the next
+    _credentials.forget()  # and its credential caches one test's identity
     saved = dict(os.environ)
     try:
         yield

@@ -42,6 +42,7 @@ from secretboot import ConfigurationError, _sigv4
 from secretboot import _transport as t
 from secretboot._boto3 import Boto3Transport
 from secretboot._fast import FastTransport
+from secretboot._fast import plan as fast_plan
 from secretboot._resolve import default_transport
 from secretboot._settings import Settings
 from tests.conftest import moto_api
@@ -423,7 +424,7 @@ def test_boto3_when_forced(env: dict[str, str], no_network: None) -> None:
 
 
 UNSERVABLE = {
-    "no credentials": {"AWS_REGION": "us-east-1", **LOCAL},
+    "profile that does not exist": {"AWS_PROFILE": "no-such-profile-anywhere", "AWS_REGION": "us-east-1"},
     "profile only": {"AWS_PROFILE": "dev", "AWS_REGION": "us-east-1"},
     "no secret key": {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_REGION": "us-east-1"},
     "no region": {k: v for k, v in BASE_ENV.items() if k != "AWS_REGION"},
@@ -466,6 +467,17 @@ def test_forcing_fast_where_it_cannot_serve_is_a_configuration_error(
         _select({**env, "SECRETBOOT_TRANSPORT": "fast"})
     assert "SECRETBOOT_TRANSPORT" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+def test_no_credentials_anywhere_is_botocores_last_resort_instance_metadata(no_network: None) -> None:
+    # botocore ends its chain with the instance metadata service; so does the fast path,
+    # deciding without the network (the fetch happens at the first request).
+    chosen = fast_plan({"AWS_REGION": "us-east-1", **LOCAL, "HOME": "/nonexistent"})
+    assert not isinstance(chosen, str)
+    assert (chosen[0].name, chosen[1]) == ("iam-role", "us-east-1")
+    assert type(_select({"AWS_REGION": "us-east-1", **LOCAL, "HOME": "/nonexistent"})) is FastTransport
+    disabled = {"AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "HOME": "/nonexistent"}
+    assert isinstance(fast_plan(disabled), str)
 
 
 @pytest.mark.parametrize("value", ["turbo", "boto", "http", "fast,boto3", "1"])
