@@ -14,6 +14,26 @@ and SnapStart's restore lifecycle (``restore/next``, ``restore/error``). With
 ``hold_restore=True`` a ``restore/next`` is answered only after ``release_restore()``: the
 time between is "the snapshot", in which a test can change the world the restored process
 wakes up in.
+
+Container credentials, as Lambda serves them to SnapStart functions (which get no key
+variables): with ``container_credentials=`` (a mapping with ``AccessKeyId``,
+``SecretAccessKey`` and ``Token``, or a callable returning one, asked on every request) the
+emulator answers ``GET /2021-04-23/credentials`` on its own address with
+``{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}``, but only to a request whose
+``Authorization`` header is ``credentials_token`` (401 without it, 403 with another value).
+``runtime_environment(..., container_credentials=True)`` sets
+``AWS_CONTAINER_CREDENTIALS_FULL_URI`` and ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` to match::
+
+    emulator = RuntimeEmulator(hold_restore=True, container_credentials=keys)
+    runtime = start_runtime(emulator, "app.handler", snap_start=True, container_credentials=True)
+    emulator.wait_for_restore_next(30)
+    emulator.container_credentials = rotated        # or refuse_credentials(403)
+    emulator.release_restore()
+    emulator.credential_requests()                   # {"init": 1, "restore": 1}
+
+Requests are counted by phase: ``"init"`` until a ``restore/next`` is answered (or, without
+SnapStart, until the first ``/invocation/next``), ``"restore"`` from then until the first
+``/invocation/next``, ``"invoke"`` after it.
 """
 
 from __future__ import annotations
@@ -22,13 +42,14 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +60,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_EXAMPLE = ROOT / "lambda_example"
 API = "/2018-06-01/runtime"
 ACCOUNT = "123456789012"
+# Lambda's container credentials endpoint, on the Runtime API's own host and port (the Lambda
+# runtime interface emulator builds AWS_CONTAINER_CREDENTIALS_FULL_URI the same way).
+CREDENTIALS_PATH = "/2021-04-23/credentials"
+CREDENTIALS_LIFETIME = 6 * 3600.0  # seconds: the Expiration served unless the keys carry one
+ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
+
+Keys = Mapping[str, str]
 
 # How often waiting handler threads look up to see whether the emulator is stopping.
 _POLL = 0.05
@@ -51,6 +79,15 @@ class Posted:
 
     error_type: str
     body: dict[str, Any]
+    at: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class CredentialRequest:
+    """One ``GET`` of the credentials path: the phase it came in and the status answered."""
+
+    phase: str  # "init", "restore" or "invoke"
+    status: int
     at: float  # time.monotonic()
 
 
@@ -77,12 +114,21 @@ class RuntimeEmulator:
         region: str = "us-east-1",
         deadline: float = 30.0,
         hold_restore: bool = False,
+        container_credentials: Keys | Callable[[], Keys] | None = None,
+        credentials_token: str | None = None,
     ) -> None:
         self.function_name = function_name
         self.region = region
         self.function_arn = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{function_name}"
         self.deadline = deadline
         self.hold_restore = hold_restore
+        # What GET CREDENTIALS_PATH serves (None: 404, as for a function without SnapStart);
+        # settable while running, e.g. during a held restore to rotate the keys.
+        self.container_credentials = container_credentials
+        self.credentials_token = credentials_token or "Bearer " + secrets.token_urlsafe(24)
+        self._credentials_refusal: int | None = None
+        self._credential_log: list[CredentialRequest] = []
+        self._restored = False  # a restore/next has been answered
         self.init_errors: list[Posted] = []
         self.restore_errors: list[Posted] = []
         self.next_calls = 0  # /invocation/next requests received
@@ -156,6 +202,67 @@ class RuntimeEmulator:
         """Answer a held ``restore/next``: the snapshot is restored."""
         self._restore_released.set()
 
+    # -- container credentials -----------------------------------------------------------------
+
+    @property
+    def credentials_uri(self) -> str:
+        """``AWS_CONTAINER_CREDENTIALS_FULL_URI``: the credentials path on the emulator's address."""
+        return f"http://{self.address}{CREDENTIALS_PATH}"
+
+    def refuse_credentials(self, status: int | None = 403) -> None:
+        """Answer every credentials request from now on with ``status`` (``None``: serve again)."""
+        if status is not None and not 400 <= status <= 599:
+            raise ValueError("a 4xx or 5xx status, or None")
+        with self._lock:
+            self._credentials_refusal = status
+
+    @property
+    def credential_log(self) -> list[CredentialRequest]:
+        with self._lock:
+            return list(self._credential_log)
+
+    def credential_requests(self, *, status: int | None = 200) -> dict[str, int]:
+        """Credentials requests per phase answered ``status`` (``None``: whatever the answer)."""
+        counts: dict[str, int] = {}
+        for seen in self.credential_log:
+            if status is None or seen.status == status:
+                counts[seen.phase] = counts.get(seen.phase, 0) + 1
+        return counts
+
+    def _phase(self) -> str:
+        if self._first_next is not None:
+            return "invoke"
+        return "restore" if self._restored else "init"
+
+    def _credentials(self, authorization: str | None) -> tuple[int, dict[str, str]]:
+        """The status and JSON document for one credentials request."""
+        with self._lock:
+            phase = self._phase()
+            refusal = self._credentials_refusal
+        source = self.container_credentials
+        document: dict[str, str] = {}
+        if source is None:
+            status = 404
+        elif authorization is None:
+            status = 401
+        elif not secrets.compare_digest(authorization.encode(), self.credentials_token.encode()):
+            status = 403
+        elif refusal is not None:
+            status = refusal
+        else:
+            keys = source() if callable(source) else source
+            expiration = time.strftime(ISO_Z, time.gmtime(time.time() + CREDENTIALS_LIFETIME))
+            document = {
+                "AccessKeyId": keys["AccessKeyId"],
+                "SecretAccessKey": keys["SecretAccessKey"],
+                "Token": keys["Token"],
+                "Expiration": keys.get("Expiration", expiration),
+            }
+            status = 200
+        with self._lock:
+            self._credential_log.append(CredentialRequest(phase, status, time.monotonic()))
+        return status, document
+
     # -- the server's side -------------------------------------------------------------------
 
     def _next_invocation(self) -> _Invocation | None:
@@ -176,11 +283,17 @@ class RuntimeEmulator:
             self.restore_calls += 1
         self._restore_seen.set()
         if not self.hold_restore:
+            self._mark_restored()
             return True
         while not self._stopping.is_set():
             if self._restore_released.wait(_POLL):
+                self._mark_restored()
                 return True
         return False
+
+    def _mark_restored(self) -> None:
+        with self._lock:
+            self._restored = True
 
     def _finish(self, request_id: str, status: str, body: bytes) -> bool:
         with self._lock:
@@ -226,6 +339,10 @@ class _Handler(KeepAliveHandler):
                 self.close_connection = True
                 return
             self._send(200, b"")
+        elif self.path == CREDENTIALS_PATH:
+            status, document = emulator._credentials(self.headers.get("Authorization"))
+            body = json.dumps(document).encode() if status == 200 else b'{"message": "refused"}'
+            self._send(status, body, {"Content-Type": "application/json"})
         else:
             self._send(404, b'{"errorType": "NotFound"}')
 
@@ -352,8 +469,13 @@ def runtime_environment(
     memory_mb: int = 512,
     snap_start: bool = False,
     task_root: Path = LAMBDA_EXAMPLE,
+    container_credentials: bool = False,
 ) -> dict[str, str]:
-    """The variables Lambda itself sets for a function (no credentials or endpoint)."""
+    """The variables Lambda itself sets for a function (no endpoint).
+
+    No credentials, unless ``container_credentials``: then the emulator's credentials URI
+    and token, as Lambda gives SnapStart functions (no ``AWS_ACCESS_KEY_ID`` or secret).
+    """
     interpreter_dir = str(Path(sys.executable).parent)
     env = {
         # The interpreter running us comes first, so "python3" (say, in an exec wrapper) is it.
@@ -378,6 +500,9 @@ def runtime_environment(
         env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"
     else:
         env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "on-demand"
+    if container_credentials:
+        env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = emulator.credentials_uri
+        env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = emulator.credentials_token
     return env
 
 
@@ -389,14 +514,22 @@ def start_runtime(
     snap_start: bool = False,
     wrapper: Sequence[str] = (),
     task_root: Path = LAMBDA_EXAMPLE,
+    container_credentials: bool = False,
 ) -> RuntimeProcess:
     """Spawn ``python -m awslambdaric HANDLER`` in ``task_root`` against ``emulator``.
 
     ``env`` adds to (and overrides) Lambda's own variables: credentials, endpoint, the
-    function's configuration. ``wrapper`` is put in front of the command, as Lambda does with
-    ``AWS_LAMBDA_EXEC_WRAPPER``.
+    function's configuration. ``container_credentials`` points the function at the emulator's
+    credentials endpoint (see ``runtime_environment``). ``wrapper`` is put in front of the
+    command, as Lambda does with ``AWS_LAMBDA_EXEC_WRAPPER``.
     """
-    full_env = runtime_environment(emulator, handler, snap_start=snap_start, task_root=task_root)
+    full_env = runtime_environment(
+        emulator,
+        handler,
+        snap_start=snap_start,
+        task_root=task_root,
+        container_credentials=container_credentials,
+    )
     full_env.update(env or {})
     argv = [*wrapper, sys.executable, "-m", "awslambdaric", handler]
     return RuntimeProcess(argv, full_env, task_root, emulator)
