@@ -69,13 +69,15 @@ if TYPE_CHECKING:
     from tests.credservers import ContainerCredentialsServer, ImdsServer
 
 REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "bench" / "contenders" / "secretboot_app.py"
-BARE = REPO / "bench" / "contenders" / "bare.py"
+CONTENDERS = REPO / "bench" / "contenders"
+APP = CONTENDERS / "secretboot_app.py"
+BARE = CONTENDERS / "bare.py"
 REGION = "us-east-1"
 SIZE = 20
 LINK_LOCAL = "169.254.170.2"  # _credsources.CONTAINER_HOST and botocore's ContainerMetadataFetcher
 CONTAINER_TOKEN = "Bearer secretboot-bench-token"  # noqa: S105 (a made-up local token)
 PROFILE = "bench"
+FUNCTION = "secretboot-bench"  # the SnapStart function's name
 IN_NETNS = "--in-netns"  # internal: set by the re-execution inside the namespace
 
 # Issue 15's targets, reported (not asserted) at the end of a run.
@@ -131,12 +133,38 @@ class Row:
     transport: str
     runs: int
     median_ms: float
+    iqr_ms: float  # the spread of the runs: third quartile minus first
     over_bare_ms: float
     vs_env: float | None  # over bare / env-fast's over bare
     vs_boto3: float | None  # fast rows: over bare / the same source's boto3 over bare
     peak_rss_mib: float
     aws_calls: int
     local_calls: int
+
+
+@dataclass
+class Restore:
+    """One SnapStart restore: the runtime's snapshot released, then one invocation."""
+
+    transport: str
+    round: int  # -1 for the warm-up
+    ready_ms: float  # restore released -> the first /invocation/next (after-restore hooks done)
+    answered_ms: float  # restore released -> the first invocation answered
+    init_fetches: int  # container-credential requests during INIT
+    restore_fetches: int  # ... from the restore to the first answer
+    aws_calls: int  # requests that reached the proxy from the restore to the first answer
+
+
+@dataclass
+class RestoreRow:
+    transport: str
+    runs: int
+    ready_ms: float
+    answered_ms: float
+    vs_boto3: float | None  # fast rows: answered_ms / boto3's
+    init_fetches: int
+    restore_fetches: int
+    aws_calls: int
 
 
 @dataclass
@@ -147,6 +175,7 @@ class World:
     secret_set: SecretSet
     keys: dict[str, str]
     home: Path
+    lambda_references: dict[str, str] = field(default_factory=dict)  # for the SnapStart function
     servers: dict[str, ContainerCredentialsServer | ImdsServer] = field(default_factory=dict)
 
 
@@ -396,6 +425,139 @@ def run_rounds(
     return samples
 
 
+# -- SnapStart --------------------------------------------------------------------------------
+
+
+def snapstart_once(world: World, transport: str, round_: int, timeout: float) -> Restore:
+    """One function through INIT, the snapshot and the restore (tests/lambda_runtime.py), its
+    credentials from the container endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI and token, as
+    Lambda gives SnapStart functions), then one invocation whose answer is checked."""
+    from tests.lambda_runtime import RuntimeEmulator, start_runtime
+
+    server = world.servers["container"]
+    assert isinstance(server, _container_class())
+    home = world.home / "snapstart"
+    home.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        "HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(CONTENDERS), str(REPO)]),
+        "AWS_ENDPOINT_URL": world.proxy.url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": server.full_uri,
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": CONTAINER_TOKEN,
+        "SECRETBOOT_TRANSPORT": transport,
+        **world.lambda_references,
+    }
+    with RuntimeEmulator(function_name=FUNCTION, region=REGION, hold_restore=True) as emulator:
+        server.reset_counts()
+        runtime = start_runtime(
+            emulator, "snapstart_app.handler", env=env, snap_start=True, task_root=CONTENDERS
+        )
+        try:
+            emulator.wait_for_restore_next(timeout)  # INIT and the before-snapshot hooks are done
+            init_fetches = server.count
+            world.proxy.reset_counts()
+            server.reset_counts()
+            released = time.monotonic()
+            emulator.release_restore()
+            ready = emulator.wait_for_next(timeout)
+            status, answer = emulator.invoke({"bench": "first after restore"}, timeout)
+            answered = time.monotonic()
+            restore_fetches = server.count
+            aws_calls = sum(world.proxy.counts().values())
+        except (TimeoutError, RuntimeError) as exc:
+            runtime.stop()
+            raise SystemExit(f"snapstart/{transport} failed: {exc}\n{runtime.output[-3000:]}") from None
+        finally:
+            runtime.stop()
+    if status != "ok" or answer.get("line") != world.secret_set.expected:
+        raise SystemExit(f"snapstart/{transport} answered {status}: {answer!r}\n{runtime.output[-3000:]}")
+    return Restore(
+        transport,
+        round_,
+        (ready - released) * 1000,
+        (answered - released) * 1000,
+        init_fetches,
+        restore_fetches,
+        aws_calls,
+    )
+
+
+def lambda_references(moto_url: str, secret_set: SecretSet) -> dict[str, str]:
+    """The secret set as a Lambda function holds it: each ``kms:`` plaintext encrypted under
+    ``LambdaFunctionName`` (what the console and ``secretboot migrate`` bind), so the function
+    decrypts each once, with the context secretboot tries first inside Lambda."""
+    import base64
+
+    from tests.localaws import client
+
+    kms = client(moto_url, "kms")  # straight to moto: set-up is neither delayed nor counted
+    key_id = kms.create_key(Description="secretboot SnapStart benchmark")["KeyMetadata"]["KeyId"]
+    context = {"LambdaFunctionName": FUNCTION}
+    references = dict(secret_set.references)
+    for variable, reference in secret_set.references.items():
+        if reference.startswith("kms:"):
+            plaintext = secret_set.plaintexts[variable].encode()
+            blob = kms.encrypt(KeyId=key_id, Plaintext=plaintext, EncryptionContext=context)["CiphertextBlob"]
+            references[variable] = "kms:" + base64.b64encode(blob).decode()
+    return references
+
+
+def run_snapstart(world: World, runs: int, timeout: float) -> list[Restore]:
+    restores = []
+    for round_ in range(-1, runs):
+        order = TRANSPORTS if round_ % 2 else TRANSPORTS[::-1]
+        for transport in order:
+            restores.append(snapstart_once(world, transport, round_, timeout))
+        _progress("SnapStart warm-up done" if round_ < 0 else f"SnapStart round {round_ + 1}/{runs} done")
+    return restores
+
+
+def summarize_restores(restores: Sequence[Restore]) -> list[RestoreRow]:
+    timed = [r for r in restores if r.round >= 0]
+    rows = []
+    for transport in TRANSPORTS:
+        mine = [r for r in timed if r.transport == transport]
+        rows.append(
+            RestoreRow(
+                transport=transport,
+                runs=len(mine),
+                ready_ms=statistics.median(r.ready_ms for r in mine),
+                answered_ms=statistics.median(r.answered_ms for r in mine),
+                vs_boto3=None,
+                init_fetches=round(statistics.median(r.init_fetches for r in mine)),
+                restore_fetches=round(statistics.median(r.restore_fetches for r in mine)),
+                aws_calls=round(statistics.median(r.aws_calls for r in mine)),
+            )
+        )
+    boto3 = rows[-1].answered_ms
+    rows[0].vs_boto3 = rows[0].answered_ms / boto3 if boto3 > 0 else None
+    return rows
+
+
+RESTORE_HEADERS = (
+    "SnapStart",
+    "restore to ready ms",
+    "restore to 1st answer ms",
+    "fast/boto3",
+    "INIT cred fetches",
+    "restore cred fetches",
+    "AWS calls",
+)
+
+
+def _restore_cells(row: RestoreRow) -> tuple[str, ...]:
+    return (
+        row.transport,
+        f"{row.ready_ms:.1f}",
+        f"{row.answered_ms:.1f}",
+        "-" if row.vs_boto3 is None else f"{row.vs_boto3:.2f}",
+        str(row.init_fetches),
+        str(row.restore_fetches),
+        str(row.aws_calls),
+    )
+
+
 # -- figures ----------------------------------------------------------------------------------
 
 
@@ -422,6 +584,7 @@ def summarize(samples: Sequence[Sample], contenders: Sequence[Contender]) -> lis
                 transport=c.transport,
                 runs=len(group),
                 median_ms=medians[c.name],
+                iqr_ms=_iqr([s.ms for s in group]),
                 over_bare_ms=over[c.name],
                 vs_env=vs_env,
                 vs_boto3=vs_boto3,
@@ -431,6 +594,13 @@ def summarize(samples: Sequence[Sample], contenders: Sequence[Contender]) -> lis
             )
         )
     return rows
+
+
+def _iqr(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    quartiles = statistics.quantiles(values, n=4)
+    return quartiles[2] - quartiles[0]
 
 
 def targets(rows: Sequence[Row]) -> list[tuple[str, str, str, bool | None]]:
@@ -458,6 +628,7 @@ def _verdict(met: bool | None) -> str:
 HEADERS = (
     "contender",
     "median ms",
+    "IQR ms",
     "over bare ms",
     "vs env fast",
     "fast/boto3",
@@ -474,6 +645,7 @@ def _cells(row: Row) -> tuple[str, ...]:
     return (
         row.contender,
         f"{row.median_ms:.1f}",
+        f"{row.iqr_ms:.0f}",
         f"{row.over_bare_ms:.1f}",
         ratio(row.vs_env),
         ratio(row.vs_boto3),
@@ -484,7 +656,10 @@ def _cells(row: Row) -> tuple[str, ...]:
 
 
 def text_report(
-    rows: Sequence[Row], target_lines: Sequence[tuple[str, str, str, bool | None]], meta: Mapping[str, Any]
+    rows: Sequence[Row],
+    target_lines: Sequence[tuple[str, str, str, bool | None]],
+    meta: Mapping[str, Any],
+    restores: Sequence[RestoreRow] = (),
 ) -> str:
     out = [
         f"\nN={SIZE} secrets, {meta['latency_ms']:g} ms per AWS request, {meta['local_ms']:g} ms per "
@@ -496,6 +671,15 @@ def text_report(
         out.append(f"{cells[0]:<32}" + "".join(f"{c:>14}" for c in cells[1:]))
     if meta["left_out"]:
         out.append(f"left out: container-relative-uri ({meta['left_out']})")
+    if restores:
+        out.append(
+            f"\nSnapStart: restore to the first invocation, re-resolving through container credentials "
+            f"({restores[0].runs} runs each, medians)"
+        )
+        out.append(f"{RESTORE_HEADERS[0]:<12}" + "".join(f"{h:>26}" for h in RESTORE_HEADERS[1:]))
+        for restore in restores:
+            cells = _restore_cells(restore)
+            out.append(f"{cells[0]:<12}" + "".join(f"{c:>26}" for c in cells[1:]))
     out.append("\nTargets (issue 15)")
     for what, value, target, met in target_lines:
         out.append(f"  {what}: {value}  (target {target}: {_verdict(met)})")
@@ -503,7 +687,10 @@ def text_report(
 
 
 def markdown_report(
-    rows: Sequence[Row], target_lines: Sequence[tuple[str, str, str, bool | None]], meta: Mapping[str, Any]
+    rows: Sequence[Row],
+    target_lines: Sequence[tuple[str, str, str, bool | None]],
+    meta: Mapping[str, Any],
+    restores: Sequence[RestoreRow] = (),
 ) -> str:
     out = [
         "# secretboot cold start per credential source",
@@ -516,7 +703,8 @@ def markdown_report(
         f"N={SIZE} secrets, {meta['latency_ms']:g} ms added to every AWS request (KMS, SSM, STS) by "
         f"the proxy in front of moto, {meta['local_ms']:g} ms to every credential-server request; "
         f"{rows[0].runs} runs each, medians of fresh processes, spawn to exit. *over bare* subtracts "
-        "the bare interpreter's median; *vs env fast* divides by the environment-keys fast path's "
+        "the bare interpreter's median; *IQR* is the runs' interquartile range (their spread, from "
+        "the other work on the machine); *vs env fast* divides by the environment-keys fast path's "
         "time over bare; *fast/boto3* divides a fast row's time over bare by boto3's for the same "
         "source; *AWS calls* reached the proxy, *local calls* a credential server, per run. "
         + ("Run in its own network namespace." if meta["netns"] else "Run without a network namespace."),
@@ -527,6 +715,18 @@ def markdown_report(
     out += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
     if meta["left_out"]:
         out += ["", f"Left out: container-relative-uri ({meta['left_out']})."]
+    if restores:
+        out += [
+            "",
+            "SnapStart (tests/lambda_runtime.py's emulator, awslambdaric with the snapshot held): from "
+            "the restore's release to the first `/invocation/next` (secretboot's after-restore hook "
+            "re-fetched the container credentials and resolved the secrets again) and to the first "
+            f"invocation's checked answer; {restores[0].runs} runs each, medians.",
+            "",
+            "| " + " | ".join(RESTORE_HEADERS) + " |",
+            "|---|" + "---:|" * (len(RESTORE_HEADERS) - 1),
+        ]
+        out += ["| " + " | ".join(_restore_cells(row)) + " |" for row in restores]
     out += ["", "| target (issue 15) | value | target | |", "|---|---:|---|---|"]
     out += [f"| {what} | {value} | {target} | {_verdict(met)} |" for what, value, target, met in target_lines]
     return "\n".join(out) + "\n"
@@ -578,11 +778,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--child-timeout", type=float, default=60.0, help="seconds before a child is killed (60)"
     )
+    parser.add_argument(
+        "--sources",
+        type=lambda text: [name for name in text.split(",") if name],
+        help="sources to run (env is always included: the ratios need it); default all: "
+        + ",".join(s.name for s in SOURCES),
+    )
+    parser.add_argument("--no-snapstart", action="store_true", help="leave out the SnapStart restores")
     parser.add_argument("--json", metavar="PATH", help="write every raw sample and the summary")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     parser.add_argument(IN_NETNS, dest="in_netns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.runs = args.runs or (2 if args.quick else 7)
+    unknown = set(args.sources or ()) - {s.name for s in SOURCES}
+    if unknown:
+        parser.error(f"unknown sources: {', '.join(sorted(unknown))}")
     if args.runs < 1 or args.latency_ms < 0 or args.local_ms < 0 or args.child_timeout <= 0:
         parser.error("runs at least 1, latencies at least 0, a positive child timeout")
     return args
@@ -617,7 +827,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else "no network namespace: 169.254.170.2 cannot be made local honestly"
     )
     meta["left_out"] = left_out or ""
-    sources = [s for s in SOURCES if not (left_out and s.server == "relative")]
+    wanted = set(args.sources or [s.name for s in SOURCES]) | {"env"}
+    sources = [s for s in SOURCES if s.name in wanted and not (left_out and s.server == "relative")]
     contenders = build_contenders(sources)
     started = time.perf_counter()
     local = args.local_ms / 1000
@@ -637,6 +848,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         home = workdir / "home"
         home.mkdir(mode=0o700)
         world = World(proxy, secret_set, keys, home)
+        if not args.no_snapstart:
+            world.lambda_references = lambda_references(moto_url, secret_set)
         servers: dict[str, Callable[[], Any]] = {
             "container": lambda: ContainerCredentialsServer(keys, token=CONTAINER_TOKEN, delay=local),
             "imds": lambda: ImdsServer(keys, delay=local),
@@ -647,9 +860,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             world.servers[name] = cleanup.enter_context(make())
         proxy.latency = args.latency_ms / 1000
         samples = run_rounds(launcher, world, contenders, sources, args.runs)
+        restores = [] if args.no_snapstart else run_snapstart(world, args.runs, args.child_timeout)
 
     rows = summarize(samples, contenders)
     target_lines = targets(rows)
+    restore_rows = summarize_restores(restores) if restores else []
     meta["seconds"] = round(time.perf_counter() - started, 1)
     print(f"# {meta['command']}")
     print(
@@ -657,18 +872,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     )
     print("# in its own network namespace" if meta["netns"] else "# no network namespace")
-    print(text_report(rows, target_lines, meta))
+    print(text_report(rows, target_lines, meta, restore_rows))
     print(f"\n# {meta['seconds']} s in all")
     if args.json:
         document = {
             "meta": meta,
             "samples": [asdict(s) for s in samples],
             "summary": [asdict(r) for r in rows],
+            "snapstart_samples": [asdict(r) for r in restores],
+            "snapstart": [asdict(r) for r in restore_rows],
             "targets": [{"measure": w, "value": v, "target": t, "met": m} for w, v, t, m in target_lines],
         }
         Path(args.json).write_text(json.dumps(document, indent=1) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(markdown_report(rows, target_lines, meta))
+        Path(args.markdown).write_text(markdown_report(rows, target_lines, meta, restore_rows))
     return 0
 
 
