@@ -367,6 +367,8 @@ def _translated(exc: Exception, aws: Mapping[str, str] | None = None) -> t.Trans
     if isinstance(exc, be.ParamValidationError):
         # botocore's message can quote the request; keep only the kind.
         return t.TransportError(t.INVALID_REQUEST, "request failed client-side validation")
+    if isinstance(exc, be.CredentialRetrievalError):  # its message names the provider only
+        return t.TransportError(t.CREDENTIAL_RETRIEVAL, f"{exc.kwargs.get('provider', 'a provider')} failed")
     if isinstance(exc, be.BotoCoreError):
         return t.TransportError(t.SERVICE_ERROR, type(exc).__name__)
     if isinstance(exc, UnicodeEncodeError):  # say, a credential with a non-ASCII character

@@ -338,6 +338,10 @@ class CredentialCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._current: Credentials | None = None
+        # Fetches finished, and the last one's failure: threads that waited for a fetch share
+        # its failure instead of asking a failing endpoint again, one after the other.
+        self._fetches = 0
+        self._failure: t.TransportError | None = None
 
     def _due(self, current: Credentials | None, window: float) -> bool:
         return current is None or (current.expires is not None and current.expires - self._clock() < window)
@@ -347,6 +351,7 @@ class CredentialCache:
         if not self._due(current, ADVISORY_REFRESH):
             assert current is not None
             return current
+        seen = self._fetches
         if not self._lock.acquire(blocking=False):
             current = self._current  # another thread is fetching
             if not self._due(current, MANDATORY_REFRESH):
@@ -356,23 +361,31 @@ class CredentialCache:
             if not self._lock.acquire(timeout=wait):
                 raise t.TransportError(t.TIMEOUT, f"{self._source.name}: out of time waiting for credentials")
         try:
-            return self._refresh(deadline)
+            return self._refresh(deadline, seen)
         finally:
             self._lock.release()
 
-    def _refresh(self, deadline: t.Deadline | None) -> Credentials:
+    def _refresh(self, deadline: t.Deadline | None, seen: int) -> Credentials:
         current = self._current
         if not self._due(current, ADVISORY_REFRESH):  # fetched while this thread waited
             assert current is not None
             return current
         mandatory = self._due(current, MANDATORY_REFRESH)
+        failure = self._failure
+        if self._fetches != seen and failure is not None and mandatory:
+            # A fetch failed while this thread waited for it: its answer is this thread's too.
+            raise t.TransportError(failure.reason, failure.detail)
         try:
             fresh = self._source.fetch(deadline)
-        except t.TransportError:
+        except t.TransportError as exc:
+            self._failure = exc
             if mandatory:
                 raise
             assert current is not None
             return current  # advisory: the current ones last 10 more minutes at least
+        finally:
+            self._fetches += 1  # counted when done: a thread that came during it shares it
+        self._failure = None
         if fresh.expires is not None and fresh.expires <= self._clock():
             # botocore: "Credentials were refreshed, but the refreshed credentials are still expired."
             raise t.TransportError(t.INVALID_CREDENTIALS, f"{self._source.name}: the credentials had expired")

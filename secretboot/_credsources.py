@@ -428,8 +428,8 @@ class Container:
                     last = t.TransportError(t.SERVICE_ERROR, f"{where} answered non-JSON")
                     continue
                 return _credentials(answer, _CONTAINER_NAMES, CONTAINER, where)
-            reason = t.ACCESS_DENIED if status in (401, 403) else t.SERVICE_ERROR
-            last = t.TransportError(reason, f"{where} answered HTTP {status}")
+            # Its own reason: the resolvers' sentences for AccessDenied blame the role's policy.
+            last = t.TransportError(t.CREDENTIAL_RETRIEVAL, f"{where} answered HTTP {status}")
         assert last is not None
         raise t.TransportError(last.reason, f"{last.detail} (after {made} attempt(s))")
 

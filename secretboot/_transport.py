@@ -36,6 +36,7 @@ MAX_ANSWER = 16 << 20
 ACCESS_DENIED = "AccessDenied"
 INVALID_CREDENTIALS = "InvalidCredentials"
 NO_CREDENTIALS = "NoCredentials"
+CREDENTIAL_RETRIEVAL = "CredentialRetrievalError"  # a credentials endpoint failed (botocore's name)
 NO_REGION = "NoRegion"
 INVALID_CIPHERTEXT = "InvalidCiphertext"
 INCORRECT_KEY = "IncorrectKey"

@@ -207,6 +207,34 @@ def test_concurrent_gets_do_one_fetch() -> None:
     assert len(results) == 8 and len({id(r) for r in results}) == 1
 
 
+def test_threads_waiting_for_a_failed_fetch_share_its_failure() -> None:
+    # Eight requests at a cold start, a credentials endpoint that refuses: asked once, not once
+    # per waiting thread (each would have made its own attempts, one after the other).
+    gate = threading.Event()
+    refused = t.TransportError(t.CREDENTIAL_RETRIEVAL, "container credentials answered HTTP 403")
+    source = FakeSource(refused, temp(1, Clock().now + 3600), gate=gate)
+    cache = c.CredentialCache(source, clock=Clock())
+    errors: list[str] = []
+
+    def get() -> None:
+        try:
+            cache.get()
+        except t.TransportError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=get) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert source.fetches == 1
+    assert errors == [str(refused)] * 8
+    # A later call (a refresh) asks again, and gets the credentials now served.
+    assert cache.get().access_key == "AKIA1" and source.fetches == 2
+
+
 def test_advisory_window_others_use_current_ones_while_one_fetches() -> None:
     clock = Clock()
     gate = threading.Event()
@@ -626,7 +654,7 @@ def test_container_retries_and_never_shows_the_answer() -> None:
             source.fetch(t.Deadline(1.5))  # room for two attempts and one pause of 1 s
         assert len(server.RequestHandlerClass.seen) == 2
         assert time.monotonic() - started < 1.5
-        assert raised.value.reason == t.SERVICE_ERROR
+        assert raised.value.reason == t.CREDENTIAL_RETRIEVAL
         assert f"127.0.0.1:{server.server_address[1]} answered HTTP 500" in str(raised.value)
         no_leak(str(raised.value))
         server.RequestHandlerClass.answer = (200, json.dumps({"Message": CANARY}).encode())
