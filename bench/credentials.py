@@ -1,7 +1,7 @@
 """Cold start per credential source: the fast transport against boto3, side by side in one run.
 
-    python bench/credentials.py              # 7 rounds (about two minutes on 2 cores)
-    python bench/credentials.py --quick      # 2 rounds (under a minute)
+    python bench/credentials.py              # 7 rounds (about a minute on 2 cores)
+    python bench/credentials.py --quick      # 2 rounds (about 20 seconds)
     python bench/credentials.py --runs 5 --local-ms 1 --json /tmp/cred.json --markdown /tmp/cred.md
 
 Starts moto's server on 127.0.0.1 behind the delay proxy (tests/awsproxy.py, ``--latency-ms``,
@@ -30,6 +30,15 @@ contenders alternate round-robin, the order rotating every round, after one warm
 Medians are reported. The credential servers are local services in reality (the instance
 metadata service, the ECS/EKS/Lambda container agent: well under a millisecond), so they get
 ``--local-ms`` (default 1 ms) per request, not the AWS latency.
+
+Then SnapStart (unless ``--no-snapstart``), fast against boto3, alternating: awslambdaric runs
+bench/contenders/snapstart_app.py on tests/lambda_runtime.py's Runtime API emulator with the
+snapshot held, its credentials from the container endpoint (full URI and token, as Lambda gives
+SnapStart functions) and its ``kms:`` values bound to ``LambdaFunctionName`` as Lambda's are.
+Timed from releasing the restore to the first ``/invocation/next`` (secretboot's after-restore
+hook has fetched the credentials again and resolved every secret again) and to the first
+invocation's answer, whose checksum is checked. The credential fetches before and after the
+restore are counted: one each.
 
 Every child's output is checked against the plaintexts, and the requests each credential
 server and the proxy saw are checked against the source: the source's own server was asked,
