@@ -875,3 +875,42 @@ def test_web_identity_against_moto_sts(moto_endpoint: str, tmp_path: Path) -> No
     assert creds.access_key.startswith("ASIA") and creds.secret_key and creds.token
     assert creds.expires is not None and creds.expires > time.time() + 600
     assert c.cache_for(c.plan(env, home=str(tmp_path))).get() is creds  # a second plan reuses them
+
+
+def test_epoch_agrees_with_datetime_and_refuses_impossible_dates() -> None:
+    import datetime
+    import random
+
+    rng = random.Random(15)
+    for _ in range(3000):
+        moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+            seconds=rng.randrange(0, 150 * 365 * 86400)
+        )
+        offset = rng.choice(["Z", "z", "+05:30", "-08:00", "+0100", ""])
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S") + rng.choice(["", ".123"]) + offset
+        expected = datetime.datetime.fromisoformat(text.replace("z", "+00:00").replace("Z", "+00:00"))
+        if expected.tzinfo is None:
+            expected = expected.replace(tzinfo=datetime.timezone.utc)
+        assert cs.epoch(text) == float(int(expected.timestamp())), text
+    for impossible in (
+        "2026-02-29T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-04-31T00:00:00Z",
+        "2026-01-01T24:00:00Z",
+    ):
+        assert cs.epoch(impossible) is None, impossible
+    assert cs.epoch("2024-02-29T23:59:59Z") == 1709251199.0
+
+
+def test_sts_answer_reads_the_fields_and_refuses_markup_inside_them() -> None:
+    answer = (
+        b'<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+        b"<AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>ASIA1</AccessKeyId>"
+        b"<SecretAccessKey>a+b/c&amp;d</SecretAccessKey><SessionToken>t</SessionToken>"
+        b"<Expiration>2026-12-03T16:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult>"
+        b"</AssumeRoleWithWebIdentityResponse>"
+    )
+    fields = cs._sts_answer(answer)
+    assert fields is not None and fields["SecretAccessKey"] == "a+b/c&d" and fields["AccessKeyId"] == "ASIA1"
+    assert cs._sts_answer(b"<a><AccessKeyId>&#65;</AccessKeyId></a>") is None
+    assert cs._sts_answer(b"\xff") is None
