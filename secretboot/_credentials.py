@@ -229,6 +229,18 @@ def region(env: Mapping[str, str], *, home: str | None = None) -> str | None:
         return None
 
 
+def profile_endpoints(env: Mapping[str, str], *, home: str | None = None) -> bool:
+    """Whether the profile sets service endpoints (``endpoint_url`` or a ``services`` section),
+    which boto3 would apply to KMS, SSM and Secrets Manager and the fast path does not read."""
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return False
+    try:
+        profile = _Files(env, home).profile
+    except _Unsupported:
+        return False  # plan() says why
+    return "endpoint_url" in profile or "services" in profile
+
+
 # ----------------------------------------------------------------------------- the plan
 
 _FALLBACK_KEYS = (

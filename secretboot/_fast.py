@@ -61,6 +61,10 @@ def plan(env: Mapping[str, str], services: Collection[str] = tuple(_TARGETS)) ->
     source = _credentials.plan(env)
     if isinstance(source, str):
         return source
+    if _credentials.profile_endpoints(env):
+        return (
+            "the AWS profile sets endpoint_url or services (boto3 applies them; the fast transport does not)"
+        )
     region = _credentials.region(env)
     if not region:
         return "no region is set (AWS_REGION, AWS_DEFAULT_REGION or the profile's region): set AWS_REGION"

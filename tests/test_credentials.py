@@ -914,3 +914,25 @@ def test_sts_answer_reads_the_fields_and_refuses_markup_inside_them() -> None:
     assert fields is not None and fields["SecretAccessKey"] == "a+b/c&d" and fields["AccessKeyId"] == "ASIA1"
     assert cs._sts_answer(b"<a><AccessKeyId>&#65;</AccessKeyId></a>") is None
     assert cs._sts_answer(b"\xff") is None
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("[default]\nregion = us-east-1\n", False),
+        ("[default]\nregion = us-east-1\nendpoint_url = http://127.0.0.1:9\n", True),
+        ("[default]\nservices = local\n\n[services local]\nkms =\n  endpoint_url = x\n", True),
+    ],
+)
+def test_a_profile_with_endpoints_is_left_to_boto3(config: str, expected: bool, tmp_path: Path) -> None:
+    from secretboot._fast import plan as fast_plan
+
+    write(tmp_path / ".aws" / "config", config)
+    env = {"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    assert c.profile_endpoints(env) is expected
+    chosen = fast_plan(env)
+    assert isinstance(chosen, str) is expected
+    if expected:
+        assert "endpoint_url or services" in str(chosen)
+    ignored = {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
+    assert not c.profile_endpoints(ignored)
