@@ -9,7 +9,7 @@ Importing this package is cheap and changes nothing; AWS code is imported only
 when ``bootstrap()`` finds a reference to resolve.
 """
 
-from secretboot._bootstrap import bootstrap, getenv, reset
+from secretboot._bootstrap import bootstrap, getenv, prefetch, reset
 from secretboot._errors import (
     BootstrapError,
     ConfigurationError,
@@ -59,5 +59,6 @@ __all__ = [
     "getenv",
     "is_reference",
     "parse_reference",
+    "prefetch",
     "reset",
 ]

@@ -63,6 +63,8 @@ class _State:
             None,
             None,
         )
+        # A prefetch() started and not joined yet (see _Prefetch).
+        self.prefetch: _Prefetch | None = None
 
 
 _state = _State()
@@ -92,11 +94,224 @@ def bootstrap(
     with _state.lock:
         if _state.keyring is not None and not refresh:
             return _state.keyring
-        booted = contained(_boot, environ, env_file, export)
+        booted = contained(_start, refresh, environ, env_file, export)
     del environ  # the caller's mapping holds references: not in the frame that raises
     if isinstance(booted, SecretbootError):
         raise booted
     return booted
+
+
+def prefetch(
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    export: bool | None = None,
+) -> None:
+    """Start ``bootstrap()``'s resolution in a background thread and return at once.
+
+    The next ``bootstrap()`` (or ``getenv()``) joins it: it waits for the thread and
+    returns, or raises, exactly what ``bootstrap()`` alone would have, and only then
+    applies anything (the keyring, ``export``, SnapStart hooks) on the caller's thread.
+    ``bootstrap()`` must be given the same options (``environ`` the same object), else
+    ``ConfigurationError``. A failure is logged at ERROR (names and reasons) when it
+    happens, and raised at the join. Does nothing if already booted or prefetching.
+    """
+    with _state.lock:
+        if _state.keyring is not None or _state.prefetch is not None:
+            return
+        base = os.environ if environ is None else environ
+        view = _unexported_view(base)
+        # An env file's ${VAR} expands against os.environ, copied here: the thread does not read it.
+        expand_env = dict(os.environ) if env_file is not None or view.get(s.ENV_FILE) else None
+        job = _Prefetch(base, view, (environ, env_file, export), expand_env)
+        _state.prefetch = job
+        _guard_prefetch(view)
+        job.thread.start()
+
+
+class _Prefetch:
+    """One background resolution: ``_gather`` on its own thread, applied by whoever joins it.
+
+    The thread never writes ``_state`` or ``os.environ`` and never takes ``_state.lock``.
+    """
+
+    __slots__ = ("base", "done", "dropped", "error", "found", "options", "thread", "view")
+
+    def __init__(
+        self,
+        base: Mapping[str, str],
+        view: dict[str, str],
+        options: tuple[Mapping[str, str] | None, str | os.PathLike[str] | None, bool | None],
+        expand_env: Mapping[str, str] | None,
+    ) -> None:
+        self.base = base
+        self.view = view
+        self.options = options
+        self.done = threading.Event()
+        self.found: _Gathered | None = None
+        self.error: BaseException | None = None
+        self.dropped = False  # by reset(), a refresh, a fork or a snapshot: nobody will join it
+        self.thread = threading.Thread(
+            target=self._run, args=(expand_env,), name="secretboot-prefetch", daemon=True
+        )
+
+    def _run(self, expand_env: Mapping[str, str] | None) -> None:
+        found: _Gathered | BaseException
+        try:
+            found = contained(_gather, self.base, self.view, self.options[1], self.options[2], expand_env)
+        except BaseException as exc:  # a bug: kept (with its frames) for the join to raise
+            found = exc
+        try:
+            if isinstance(found, _Gathered):
+                self.found = found
+                problem = ", ".join(f"{f.variable} ({f.reason})" for f in found.failures)
+            else:
+                self.error = found
+                problem = _describe(found)
+            if problem and not self.dropped:
+                _logger().error(
+                    "prefetch() could not resolve %s; the next bootstrap() or getenv() raises it",
+                    problem,
+                )
+        finally:
+            self.done.set()
+
+    def mismatch(
+        self,
+        environ: Mapping[str, str] | None,
+        env_file: str | os.PathLike[str] | None,
+        export: bool | None,
+    ) -> list[str]:
+        """The options given to ``bootstrap()`` that differ from this prefetch's."""
+        _, file, exported = self.options
+        differ = []
+        if (os.environ if environ is None else environ) is not self.base:
+            differ.append("environ")
+        if (None if env_file is None else os.fspath(env_file)) != (None if file is None else os.fspath(file)):
+            differ.append("env_file")
+        if export != exported:
+            differ.append("export")
+        return differ
+
+    def changed(self) -> list[str]:
+        """Variables that changed since the prefetch read them in a way that changes the result.
+
+        Plain values do not matter (they are read live); references, KMS variables,
+        near misses and ``AWS_*``/``SECRETBOOT_*`` settings do.
+        """
+        file_values = self.found.file_values if self.found is not None else {}
+        kms_vars = self.found.kms_vars if self.found is not None else frozenset()
+        then = {**file_values, **self.view}
+        now = {**file_values, **_unexported_view(self.base)}
+        names = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
+        if not names:
+            return []
+        from secretboot._nearmiss import near_miss
+
+        def matters(value: str | None) -> bool:
+            return value is not None and (is_reference(value) or near_miss(value) is not None)
+
+        return [
+            n
+            for n in names
+            if n.startswith(_SKIPPED_PREFIXES) or n in kms_vars or matters(then.get(n)) or matters(now.get(n))
+        ]
+
+
+def _describe(error: BaseException) -> str:
+    """A failure in words that hold no value: variables and reasons, or the error's class."""
+    if isinstance(error, BootstrapError):
+        return ", ".join(f"{f.variable} ({f.reason})" for f in error.failures)
+    if isinstance(error, SecretbootError):
+        return str(error)  # ConfigurationError and the like name settings and paths, never values
+    return f"(an unexpected {type(error).__name__})"
+
+
+def _start(
+    refresh: bool,
+    environ: Mapping[str, str] | None,
+    env_file: str | os.PathLike[str] | None,
+    export: bool | None,
+) -> Keyring:
+    """Join a pending prefetch if there is one, else resolve. Called with ``_state.lock`` held."""
+    job = _state.prefetch
+    if job is not None and refresh:
+        _drop_prefetch()  # refresh asks for a resolution that starts now
+        job = None
+    if job is None:
+        return _boot(environ, env_file, export)
+    differ = job.mismatch(environ, env_file, export)
+    if differ:
+        raise ConfigurationError(
+            f"bootstrap() was given another {', '.join(differ)} than prefetch(); give both the same "
+            "options (environ: the same mapping), or call reset() first to drop the prefetch"
+        )
+    _state.prefetch = None
+    waiting = time.perf_counter()
+    job.done.wait()
+    waited_ms = (time.perf_counter() - waiting) * 1000
+    changed = job.changed()
+    if changed:
+        _logger().warning(
+            "%s changed since prefetch(); resolving again (set them before prefetch())", ", ".join(changed)
+        )
+        return _boot(environ, env_file, export)
+    if job.error is not None:
+        raise job.error
+    assert job.found is not None
+    return _apply(job.found, job.options, waited_ms)
+
+
+def _drop_prefetch() -> None:
+    """Forget the pending prefetch; its thread finishes on its own and its result is dropped."""
+    job, _state.prefetch = _state.prefetch, None
+    if job is not None:
+        job.dropped = True
+
+
+_guarded = False
+
+
+def _guard_prefetch(view: Mapping[str, str]) -> None:
+    """Once per process, on the caller's thread: a child never inherits a pending prefetch
+    (its thread is not forked), and a SnapStart snapshot never holds an unjoined one's plaintext."""
+    global _guarded
+    if _guarded:
+        return
+    _guarded = True
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_in_child)
+    if view.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+        if view.get("SECRETBOOT_SNAPSTART", "").strip().lower() == "keep":
+            return
+        try:
+            from snapshot_restore_py import register_before_snapshot
+        except ImportError:
+            return
+        register_before_snapshot(_prefetch_before_snapshot)
+
+
+def _forget_in_child() -> None:
+    # Only the forking thread exists in the child: the prefetch thread is gone, and the
+    # child resolves for itself when it joins. No lock: none is needed with one thread.
+    if _state.prefetch is not None:
+        _state.prefetch.dropped = True
+        _state.prefetch = None
+
+
+def _prefetch_before_snapshot(timeout: float = 8.0) -> None:
+    """A prefetch never joined during INIT: wait for it, drop its result, say so."""
+    with _state.lock:
+        job = _state.prefetch
+        if job is None:
+            return
+        _drop_prefetch()
+    job.done.wait(timeout)
+    job.found = None
+    _logger().warning(
+        "prefetch() was never joined before the SnapStart snapshot: its result was dropped, "
+        "and the first bootstrap() or getenv() after restore resolves again"
+    )
 
 
 def getenv(name: str, default: str | None = None) -> str | None:
@@ -114,7 +329,11 @@ def getenv(name: str, default: str | None = None) -> str | None:
 
 def _lookup(name: str) -> str | None:
     with _state.lock:
-        keyring = _state.keyring if _state.keyring is not None else bootstrap()
+        keyring = _state.keyring
+        if keyring is None:
+            job = _state.prefetch  # joined with its own options
+            environ, env_file, export = job.options if job is not None else (None, None, None)
+            keyring = bootstrap(environ=environ, env_file=env_file, export=export)
         if name in keyring:
             return keyring[name]
         value = _state.environ.get(name)
@@ -157,8 +376,9 @@ def contained(work: Callable[..., T], *args: object) -> T | SecretbootError:
 
 
 def reset() -> None:
-    """Forget the keyring and undo anything ``export`` wrote into ``os.environ``."""
+    """Forget the keyring (and a pending ``prefetch()``) and undo what ``export`` wrote."""
     with _state.lock:
+        _drop_prefetch()
         _restore_environ()
         _state.keyring = None
         _state.environ = os.environ
@@ -171,8 +391,58 @@ def _boot(
     env_file: str | os.PathLike[str] | None,
     export: bool | None,
 ) -> Keyring:
+    base = os.environ if environ is None else environ
+    return _apply(_gather(base, _unexported_view(base), env_file, export), (environ, env_file, export))
+
+
+class _Gathered:
+    """What a resolution found, before anything is applied. Holds plaintext: never logged."""
+
+    __slots__ = (
+        "base",
+        "do_export",
+        "elapsed_ms",
+        "failures",
+        "file_values",
+        "kms_vars",
+        "merged",
+        "outcome",
+        "refs",
+        "snapstart",
+    )
+
+    def __init__(self, **fields: object) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    base: Mapping[str, str]
+    do_export: bool
+    elapsed_ms: float
+    failures: list[Failure]
+    file_values: dict[str, str]
+    kms_vars: frozenset[str]
+    merged: dict[str, str]
+    outcome: Outcome
+    refs: dict[str, Reference]
+    snapstart: str | None
+
+
+def _gather(
+    base: Mapping[str, str],
+    view: dict[str, str],
+    env_file: str | os.PathLike[str] | None,
+    export: bool | None,
+    expand_env: Mapping[str, str] | None = None,
+) -> _Gathered:
+    """Read, check and resolve; change nothing (safe on a background thread: no ``_state`` write).
+
+    ``view`` is ``base`` as read (``_unexported_view``); ``expand_env`` what an env file's
+    ``${VAR}`` expands against (``os.environ`` when ``None``).
+    """
     started = time.perf_counter()
-    base, file_values, merged = read_environment(environ, env_file)
+    path = env_file if env_file is not None else view.get(s.ENV_FILE) or None
+    file_values = _read_env_file(path, expand_env) if path is not None else {}
+    merged = {**file_values, **view}
     # Every setting is read, and may fail, before any request is made.
     kms_vars = s.kms_vars(merged)
     do_export = s.flag(merged, s.EXPORT, export)
@@ -203,9 +473,29 @@ def _boot(
         deadline.decide()  # this start fails closed already: requests are made once, never retried
     outcome = resolve(refs, settings, deadline=deadline)
     failures.extend(outcome.failures)
-    exports = _exports(file_values, outcome.values, kms_vars) if do_export else {}
-    failures.extend(_unexportable(exports, refs))
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    return _Gathered(
+        base=base,
+        do_export=do_export,
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+        failures=failures,
+        file_values=file_values,
+        kms_vars=kms_vars,
+        merged=merged,
+        outcome=outcome,
+        refs=refs,
+        snapstart=snapstart,
+    )
+
+
+def _apply(
+    found: _Gathered,
+    options: tuple[Mapping[str, str] | None, str | os.PathLike[str] | None, bool | None],
+    waited_ms: float | None = None,
+) -> Keyring:
+    """Fail closed on any failure, else export and install the keyring: on the caller's thread."""
+    outcome, refs = found.outcome, found.refs
+    exports = _exports(found.file_values, outcome.values, found.kms_vars) if found.do_export else {}
+    failures = [*found.failures, *_unexportable(exports, refs)]
     calls = sum(outcome.calls.values())
     if failures:
         error = BootstrapError(failures)
@@ -215,10 +505,10 @@ def _boot(
             _many(calls, "API call", "API calls"),
             _many(outcome.retries, "retry", "retries"),
             _paused(outcome),
-            elapsed_ms,
+            found.elapsed_ms,
         )
         raise error from None
-    if do_export:
+    if found.do_export:
         refused = _export(exports, refs)
         if refused is not None:
             _logger().warning("could not export %s: os.environ refused it", ", ".join(refused.variables))
@@ -230,19 +520,22 @@ def _boot(
     else:
         keyring._replace(outcome.values, refs, outcome.binary)
     _state.keyring = keyring
-    _state.options = (environ, env_file, export)
-    if snapstart is not None:
-        _snapstart.register(snapstart)
-    _state.environ = base
-    _state.file_values = file_values
-    _state.kms_vars = kms_vars
+    _state.options = options
+    if found.snapstart is not None:
+        from secretboot import _snapstart
+
+        _snapstart.register(found.snapstart)
+    _state.environ = found.base
+    _state.file_values = found.file_values
+    _state.kms_vars = found.kms_vars
     if "logging" not in sys.modules:
         # logging was never imported, so no handler exists to show the line:
         # skip the import on the cold-start path.
         return keyring
     kinds = Counter(ref.kind for ref in refs.values())
+    joined = "" if waited_ms is None else f" (prefetched; the join waited {waited_ms:.0f} ms)"
     _logger().info(
-        "resolved %s (%s) with %s (%s) and %s%s%s in %.0f ms",
+        "resolved %s (%s) with %s (%s) and %s%s%s in %.0f ms%s",
         _many(len(keyring), "secret", "secrets"),
         _counts(kinds),
         _many(calls, "API call", "API calls"),
@@ -250,7 +543,8 @@ def _boot(
         _many(outcome.retries, "retry", "retries"),
         _paused(outcome),
         f" via {outcome.transport}" if outcome.transport else "",
-        elapsed_ms,
+        found.elapsed_ms,
+        joined,
     )
     return keyring
 
@@ -338,7 +632,9 @@ def _names(ref: Reference) -> tuple[str, ...]:
     return ()
 
 
-def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+def _read_env_file(
+    path: str | os.PathLike[str], expand_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
     if not os.path.isfile(path):
         raise ConfigurationError(f"env file {os.fspath(path)!r} does not exist")
     import io
@@ -362,7 +658,7 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     twice = sorted(key for key, count in Counter(b.key for b in bindings if b.key).items() if count > 1)
     if twice:
         raise ConfigurationError(f"env file {os.fspath(path)!r} sets {', '.join(twice)} more than once")
-    values = _expand(bindings)
+    values = _expand(bindings, os.environ if expand_env is None else expand_env)
     # A reference built with ${VAR} expansion would carry another variable's value into
     # its name, which errors, logs and AWS requests show: refuse it.
     raw = {b.key: b.value or "" for b in bindings if b.key is not None}
@@ -377,7 +673,7 @@ def _read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _expand(bindings: Iterable[Binding]) -> dict[str, str | None]:
+def _expand(bindings: Iterable[Binding], environ: Mapping[str, str]) -> dict[str, str | None]:
     """Values with ``${VAR}`` expanded, as python-dotenv's ``dotenv_values`` does, in one pass.
 
     ``dotenv_values`` copies ``os.environ`` and every value before a line for each line
@@ -386,7 +682,7 @@ def _expand(bindings: Iterable[Binding]) -> dict[str, str | None]:
     """
     from dotenv.variables import parse_variables
 
-    env: dict[str, str | None] = dict(os.environ)
+    env: dict[str, str | None] = dict(environ)
     values: dict[str, str | None] = {}
     for binding in bindings:
         if binding.key is None:
