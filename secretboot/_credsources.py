@@ -9,12 +9,11 @@ tokens, keys and answer bodies never reach a message.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlencode, urlsplit
 
-from secretboot import _retry
+from secretboot import _http, _retry
 from secretboot import _transport as t
 from secretboot._credentials import (
     CONTAINER,
@@ -23,10 +22,6 @@ from secretboot._credentials import (
     Credentials,
     _Unsupported,
 )
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 # A credentials answer is a few kilobytes; anything past this is not one.
 _MAX_ANSWER = 64 << 10
@@ -84,20 +79,6 @@ class _Endpoint:
         self.label = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-_contexts: dict[str | None, Any] = {}
-_contexts_lock = threading.Lock()
-
-
-def _ssl_context(ca_bundle: str | None) -> Any:
-    """One SSL context per trust store and process: loading one costs 30 to 50 ms."""
-    with _contexts_lock:
-        if ca_bundle not in _contexts:
-            import ssl
-
-            _contexts[ca_bundle] = ssl.create_default_context(cafile=ca_bundle)
-        return _contexts[ca_bundle]
-
-
 def _budget(limit: float, deadline: t.Deadline | None, what: str) -> float:
     if deadline is None:
         return limit
@@ -118,24 +99,33 @@ def request(
     deadline: t.Deadline | None,
     what: str,
     ca_bundle: str | None = None,
+    standard: bool = False,
 ) -> tuple[int, bytes]:
     """One request on its own connection (credentials are fetched rarely): (status, body).
 
     ``timeout`` bounds the connection and then the answer, each cut to the deadline's rest.
+    HTTPS uses the process's TLS context (``_http``); ``standard`` marks an AWS endpoint
+    secretboot named itself, which may verify through the on-demand trust directory.
     """
     import http.client
 
     where = f"{what} at {endpoint.label}"
-    conn: http.client.HTTPConnection
-    if endpoint.https:
-        context = _ssl_context(ca_bundle)
-        conn = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout, context=context)
-    else:
-        conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
+    conn: http.client.HTTPConnection | None = None
     try:
-        conn.timeout = _budget(timeout, deadline, what)
+        budget = _budget(timeout, deadline, what)
         try:
-            conn.connect()
+            if endpoint.https:
+                conn = _http.connect(
+                    lambda context: http.client.HTTPSConnection(
+                        endpoint.host, endpoint.port, timeout=budget, context=context
+                    ),
+                    ca_bundle,
+                    standard=standard,
+                    where=where,
+                )
+            else:
+                conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=budget)
+                conn.connect()
         except TimeoutError:
             raise _NetError(
                 t.TIMEOUT, f"{where}: no connection in time", backoff=_retry.TRANSIENT_BASE
@@ -144,6 +134,7 @@ def request(
             raise _NetError(
                 t.CONNECTION_ERROR, f"{where}: {type(exc).__name__}", backoff=_retry.TRANSIENT_BASE
             ) from None
+        assert conn is not None
         if conn.sock is not None:
             conn.sock.settimeout(_budget(timeout, deadline, what))
         try:
@@ -162,7 +153,8 @@ def request(
             raise t.TransportError(t.ANSWER_TOO_LARGE, f"{where}: the answer is larger than any credentials")
         return response.status, data
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def _read_token(path: str, variable: str, what: str) -> str:
@@ -261,6 +253,8 @@ class WebIdentity:
         self._session_name = session_name or f"botocore-session-{int(time.time())}"
         self._endpoint = _Endpoint(endpoint)
         self._ca_bundle = ca_bundle
+        # STS's own address (as sts_endpoint names it), not a configured one: see _http.
+        self._standard = re.fullmatch(r"https://sts(\.[a-z0-9-]+)?\.amazonaws\.com/?", endpoint) is not None
         self.key: tuple[str, ...] = (
             WEB_IDENTITY,
             token_file,
@@ -293,6 +287,7 @@ class WebIdentity:
                 deadline=deadline,
                 what=what,
                 ca_bundle=self._ca_bundle,
+                standard=self._standard,
             )
             if status != 200:
                 found = re.search(rb"<Code>([A-Za-z0-9.]{1,64})</Code>", data)

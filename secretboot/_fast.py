@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from secretboot import _credentials, _retry, _sigv4
+from secretboot import _credentials, _http, _retry, _sigv4
 from secretboot import _transport as t
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
@@ -111,11 +111,17 @@ class FastTransport:
         self._ca_bundle = env.get("AWS_CA_BUNDLE") or None
         self._deadline = deadline
         self._policy = _retry.RetryPolicy(deadline, rand=rand, sleep=sleep)
+        configured = {service: t.endpoint_url(env, service) for service in _TARGETS}
         urls = {
-            service: t.endpoint_url(env, service) or f"https://{service}.{self._region}.amazonaws.com"
-            for service in _TARGETS
+            service: url or f"https://{service}.{self._region}.amazonaws.com"
+            for service, url in configured.items()
         }
-        self._pools = {service: _Pool(url, self._ca_bundle) for service, url in urls.items()}
+        # One TLS context per process (_http), shared by every pool; endpoints we name
+        # ourselves may use the on-demand trust directory, configured ones never do.
+        self._pools = {
+            service: _Pool(url, self._ca_bundle, standard=configured[service] is None)
+            for service, url in urls.items()
+        }
         self._limiters: dict[str, _retry.RateLimiter] = {}
         if adaptive:
             for service, url in urls.items():
@@ -304,7 +310,7 @@ def _read_bounded(response: http.client.HTTPResponse) -> bytes:
 class _Pool:
     """Keep-alive connections to one endpoint; each request takes one exclusively."""
 
-    def __init__(self, url: str, ca_bundle: str | None) -> None:
+    def __init__(self, url: str, ca_bundle: str | None, *, standard: bool = False) -> None:
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -316,9 +322,9 @@ class _Pool:
         self.endpoint = f"{host}:{self._port}"
         self.path = parts.path or "/"
         self._ca_bundle = ca_bundle
+        self._standard = standard
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._ssl_context: Any = None
 
     def send(
         self, headers: Mapping[str, str], body: bytes, connect_timeout: float, read_timeout: float
@@ -358,21 +364,18 @@ class _Pool:
     def _connect(self, connect_timeout: float, read_timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=connect_timeout, context=self._context()
+            conn = _http.connect(
+                lambda context: http.client.HTTPSConnection(
+                    self._host, self._port, timeout=connect_timeout, context=context
+                ),
+                self._ca_bundle,
+                standard=self._standard,
+                where=self.endpoint,
             )
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
-        conn.connect()
+            conn.connect()
         # http.client has one timeout; connect with one, then read with the other.
         if conn.sock is not None:
             conn.sock.settimeout(read_timeout)
         return conn
-
-    def _context(self) -> Any:
-        with self._lock:
-            if self._ssl_context is None:
-                import ssl  # only for https: it costs several milliseconds to import
-
-                self._ssl_context = ssl.create_default_context(cafile=self._ca_bundle)
-            return self._ssl_context
