@@ -28,6 +28,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from secretboot import _retry
 from secretboot import _transport as t
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the cold-start path
@@ -42,6 +43,7 @@ DEFAULT = "default"
 _contexts: dict[tuple[str, str], ssl.SSLContext] = {}
 _modes: dict[int, str] = {}  # id(context) -> mode, for the fallback
 _hashed_dirs: dict[str, bool] = {}
+_directory_failed = False  # once the directory could not verify a peer, DEFAULT serves
 _lock = threading.Lock()
 
 
@@ -64,7 +66,7 @@ def trust(ca_bundle: str | None = None, *, standard: bool = False) -> tuple[str,
         return BUNDLE, ca_bundle
     cert_file = os.environ.get("SSL_CERT_FILE")
     cert_dir = os.environ.get("SSL_CERT_DIR")
-    if standard and os.name == "posix" and "SSL_CERT_URI" not in os.environ:
+    if standard and not _directory_failed and os.name == "posix" and "SSL_CERT_URI" not in os.environ:
         default_file, default_dir = _defaults()
         if (
             (cert_file is None or _same(cert_file, default_file))
@@ -113,9 +115,11 @@ def connect(
     standard: bool,
     where: str,
 ) -> http.client.HTTPSConnection:
-    """A connected ``make(context)``; a failed verification is a ``TransportError`` (not retried).
+    """A connected ``make(context)``; a failed verification is a ``TransportError``.
 
-    A ``DIRECTORY`` context that cannot verify the peer gives way to the ``DEFAULT`` one, once.
+    It is retried like other connection errors: a load balancer's node may be serving a
+    certificate being rotated. A ``DIRECTORY`` context that cannot verify the peer gives way
+    to the ``DEFAULT`` one, for this connection and every later one in the process.
     ``where`` names the endpoint (host:port) for the message; no certificate is ever shown.
     """
     import ssl
@@ -133,11 +137,15 @@ def connect(
             conn.close()
             raise
         if _modes.get(id(chosen)) == DIRECTORY:
+            global _directory_failed
+            _directory_failed = True
             chosen = _context(*trust(ca_bundle))
             continue
         # Raised outside the except block: nothing of the handshake rides along as context.
         raise t.TransportError(
-            t.CONNECTION_ERROR, f"TLS certificate verification failed for {where}: {message} (code {code})"
+            t.CONNECTION_ERROR,
+            f"TLS certificate verification failed for {where}: {message} (code {code})",
+            backoff=_retry.TRANSIENT_BASE,
         )
 
 
@@ -169,9 +177,11 @@ def _hashed(directory: str) -> bool:
 
 def forget() -> None:
     """Drop the contexts (tests); a fork's child keeps them, with a fresh lock."""
+    global _directory_failed
     _contexts.clear()
     _modes.clear()
     _hashed_dirs.clear()
+    _directory_failed = False
     _after_fork()
 
 
