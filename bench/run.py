@@ -4,6 +4,8 @@
     python bench/run.py --quick              # a smoke run (under a minute)
     python bench/run.py --sizes 1,20,100 --latencies 0,10,50 --runs 7 \\
         --json /tmp/bench.json --plot /tmp/bench.png --markdown /tmp/bench.md
+    python bench/run.py --https --cpu 1,0.5,0.25  # over TLS, each contender on a CPU share
+    python bench/run.py --table                  # issue 16's table (N=20, 10 ms; about 2 minutes)
 
 Starts moto's server on 127.0.0.1 behind a delay proxy (tests/awsproxy.py), creates one KMS
 key and, for each size N, N secrets (a quarter KMS ciphertext, at least one; the rest SSM
@@ -13,8 +15,28 @@ against the plaintexts created here; a mismatch stops the run.
 
 Children are started and timed (spawn to exit, ``time.perf_counter``) by bench/_spawn.py, a
 small launcher process, so that ``ru_maxrss`` from ``wait4`` (KiB, Linux) is the child's own
-peak and not this process's (see that file). With ``--replay`` the proxy answers repeated
+peak and not this process's (see that file); ``wait4`` also gives each child's CPU time (user
+plus system, all threads), reported as *CPU ms*. With ``--replay`` the proxy answers repeated
 requests itself instead of moto (see ``make_proxy``).
+
+``--https``: contenders reach AWS through a TLS 1.3 front (tests/tlsfront.py) in front of the
+delay proxy, at ``https://127.0.0.1:<port>``, its server certificate signed by a throwaway CA
+made for the run. Every contender gets ``AWS_CA_BUNDLE`` = the system CA bundle plus that CA
+(what a client on AWS loads is the whole system bundle), and verifies: boto3, Powertools and
+secretboot honour the variable; stdlib_min loads it into one context. The proxy's latency
+applies per request as before, and the front adds it once more per new connection, before the
+handshake: TLS 1.3 costs one extra round trip (TCP's own handshake is not modelled, in either
+mode). *handshakes* counts the TLS handshakes per run.
+
+``--cpu 1,0.5,0.25``: each contender process runs in a cgroup v1 ``cpu`` group limited to that
+share of one CPU (bench/cgroup.py: a 10 ms period, quota = share x period; 1 is one whole CPU,
+``none`` no group at all); moto, the proxy and the front run unlimited in this process. The
+child joins the group between fork and exec. The groups are removed at exit, on errors and on
+Ctrl-C or SIGTERM too, and a busy loop checks each share before the run.
+
+``--table``: issue 16's comparison, N=20 at 10 ms per request: plain HTTP, HTTPS, and HTTPS at
+0.5 and 0.25 CPU (or the ``--cpu`` shares), each contender's time over bare divided by
+stdlib_min's, next to wall and CPU milliseconds.
 
 Needs the dev extra plus matplotlib (for --plot) and aws-lambda-powertools. Linux only.
 """
@@ -30,6 +52,7 @@ import os
 import platform
 import re
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +64,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bench.cgroup import CpuLimits
     from tests.awsproxy import AwsProxy
+    from tests.tlsfront import TlsFront
 
 REPO = Path(__file__).resolve().parent.parent
 CONTENDERS_DIR = REPO / "bench" / "contenders"
@@ -54,6 +79,13 @@ TARGET_VS_STDLIB = 1.3
 TARGET_VS_THREADED = 0.33
 TARGET_GROWTH = 1.5
 TARGET_IMPORT_MS = 15.0
+# Issue 16's, likewise.
+TARGET_HTTPS_VS_STDLIB = 1.1
+TARGET_HTTPS_QUARTER_VS_STDLIB = 1.15
+TARGET_GROWTH_VS_STDLIB = 1.15
+TARGET_RSS_VS_STDLIB = 1.1
+TABLE_CONTENDERS = ("bare", "stdlib_min", "secretboot", "boto3_threaded", "powertools")
+TABLE_SHARES = (0.5, 0.25)
 
 
 @dataclass(frozen=True)
@@ -75,6 +107,22 @@ CONTENDERS = (
     Contender("secretboot-boto3", "secretboot_app.py", {"SECRETBOOT_TRANSPORT": "boto3"}),
     Contender("secretboot-sealed", "secretboot_app.py", sealed=True),
 )
+
+
+@dataclass(frozen=True, order=True)
+class Condition:
+    """How contenders reach AWS and how much CPU they get."""
+
+    https: bool = False
+    cpu: float | None = None  # a share of one CPU (cgroup quota); None: no limit
+
+    @property
+    def label(self) -> str:
+        scheme = "HTTPS" if self.https else "plain HTTP"
+        return scheme if self.cpu is None else f"{scheme}, {self.cpu:g} CPU"
+
+
+PLAIN = Condition()
 
 
 @dataclass(frozen=True)
@@ -100,6 +148,14 @@ class Sample:
     ms: float
     maxrss_kib: int
     calls: dict[str, int]
+    https: bool = False
+    cpu: float | None = None
+    cpu_ms: float = 0.0
+    handshakes: int = 0
+
+    @property
+    def condition(self) -> Condition:
+        return Condition(self.https, self.cpu)
 
 
 @dataclass
@@ -113,6 +169,16 @@ class Row:
     vs_secretboot: float | None
     peak_rss_mib: float
     calls: int
+    https: bool = False
+    cpu: float | None = None
+    vs_stdlib_min: float | None = None
+    cpu_ms: float = 0.0  # median user + system time of the whole process
+    over_bare_cpu_ms: float = 0.0
+    handshakes: int = 0
+
+    @property
+    def condition(self) -> Condition:
+        return Condition(self.https, self.cpu)
 
 
 class Spawner:
@@ -127,10 +193,14 @@ class Spawner:
             text=True,
         )
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+    def run(self, argv: Sequence[str], env: Mapping[str, str], procs: str | None = None) -> dict[str, Any]:
+        """Run one child; with ``procs`` (a cgroup's ``cgroup.procs``), inside that group."""
         process = self._process
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(json.dumps({"argv": list(argv), "env": dict(env)}) + "\n")
+        job: dict[str, Any] = {"argv": list(argv), "env": dict(env)}
+        if procs is not None:
+            job["cgroup"] = procs
+        process.stdin.write(json.dumps(job) + "\n")
         process.stdin.flush()
         line = process.stdout.readline()
         if not line:
@@ -204,12 +274,56 @@ def base_env(endpoint: str) -> dict[str, str]:
     return env
 
 
+@dataclass
+class Network:
+    """Where contenders send requests: the delay proxy, and over HTTPS the TLS front before it."""
+
+    proxy: AwsProxy
+    front: TlsFront | None = None
+    limits: CpuLimits | None = None
+
+    def env(self, condition: Condition) -> dict[str, str]:
+        """The variables that differ between conditions."""
+        if not condition.https:
+            return {"AWS_ENDPOINT_URL": self.proxy.url}
+        assert self.front is not None
+        return {"AWS_ENDPOINT_URL": self.front.url, "AWS_CA_BUNDLE": self.front.bundle_file}
+
+    def procs(self, condition: Condition) -> str | None:
+        if condition.cpu is None:
+            return None
+        assert self.limits is not None
+        return self.limits.procs(condition.cpu)
+
+    def set_latency(self, seconds: float) -> None:
+        self.proxy.latency = seconds
+        if self.front is not None:
+            self.front.latency = seconds  # once more per new connection: the TLS handshake
+
+    def reset_counts(self) -> None:
+        self.proxy.reset_counts()
+        if self.front is not None:
+            self.front.reset_counts()
+
+    def handshakes(self) -> int:
+        return self.front.handshakes if self.front is not None else 0
+
+
 def run_contender(
-    spawner: Spawner, proxy: AwsProxy, contender: Contender, env: Mapping[str, str], expected: str
+    spawner: Spawner,
+    network: Network,
+    contender: Contender,
+    env: Mapping[str, str],
+    expected: str,
+    condition: Condition = PLAIN,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    proxy.reset_counts()
-    result = spawner.run([sys.executable, str(CONTENDERS_DIR / contender.script)], {**env, **contender.env})
-    calls = proxy.counts()
+    network.reset_counts()
+    result = spawner.run(
+        [sys.executable, str(CONTENDERS_DIR / contender.script)],
+        {**env, **network.env(condition), **contender.env},
+        network.procs(condition),
+    )
+    calls = network.proxy.counts()
     output = result["stdout"].strip()
     wanted = expected if contender.checked else "0 -"
     if result["status"] != 0 or output != wanted:
@@ -222,14 +336,15 @@ def run_contender(
 
 def run_block(
     spawner: Spawner,
-    proxy: AwsProxy,
+    network: Network,
     contenders: Sequence[Contender],
     secret_set: SecretSet,
     env: Mapping[str, str],
     latency_ms: float,
     runs: int,
+    condition: Condition = PLAIN,
 ) -> list[Sample]:
-    proxy.latency = latency_ms / 1000
+    network.set_latency(latency_ms / 1000)
     samples = []
     expected = secret_set.expected
     for round_ in range(-1, runs):
@@ -238,7 +353,7 @@ def run_block(
         order = list(contenders[shift:]) + list(contenders[:shift])
         for contender in order:
             contender_env = {**env, **secret_set.sealed} if contender.sealed else env
-            result, calls = run_contender(spawner, proxy, contender, contender_env, expected)
+            result, calls = run_contender(spawner, network, contender, contender_env, expected, condition)
             samples.append(
                 Sample(
                     contender.name,
@@ -248,29 +363,43 @@ def run_block(
                     result["ms"],
                     result["maxrss_kib"],
                     calls,
+                    https=condition.https,
+                    cpu=condition.cpu,
+                    cpu_ms=result["cpu_ms"],
+                    handshakes=network.handshakes(),
                 )
             )
         step = "warm-up" if round_ < 0 else f"round {round_ + 1}/{runs}"
-        _progress(f"N={secret_set.size}, {latency_ms:g} ms: {step} done")
+        _progress(f"N={secret_set.size}, {latency_ms:g} ms, {condition.label}: {step} done")
     return samples
+
+
+def _ratio(over: float, reference: float | None, name: str) -> float | None:
+    return over / reference if reference and reference > 0 and name != "bare" else None
 
 
 def summarize(samples: Sequence[Sample], contenders: Sequence[Contender]) -> list[Row]:
     timed = [s for s in samples if s.round >= 0]
-    blocks = sorted({(s.size, s.latency_ms) for s in timed})
+    # In run order: size, then latency, then condition.
+    blocks = list(dict.fromkeys((s.size, s.latency_ms, s.condition) for s in timed))
     rows = []
-    for size, latency in blocks:
-        block = [s for s in timed if (s.size, s.latency_ms) == (size, latency)]
+    for size, latency, condition in blocks:
+        block = [s for s in timed if (s.size, s.latency_ms, s.condition) == (size, latency, condition)]
         medians = {
             c.name: statistics.median(s.ms for s in block if s.contender == c.name) for c in contenders
+        }
+        cpu = {
+            c.name: statistics.median(s.cpu_ms for s in block if s.contender == c.name) for c in contenders
         }
         floor = medians["bare"]
         sb = medians.get("secretboot")
         sb_over = None if sb is None else sb - floor
+        floor_client = medians.get("stdlib_min")
+        floor_over = None if floor_client is None else floor_client - floor
         for c in contenders:
             mine = [s for s in block if s.contender == c.name]
             over = medians[c.name] - floor
-            ratio = over / sb_over if sb_over and sb_over > 0 and c.name != "bare" else None
+            ratio = _ratio(over, sb_over, c.name)
             rows.append(
                 Row(
                     contender=c.name,
@@ -282,6 +411,12 @@ def summarize(samples: Sequence[Sample], contenders: Sequence[Contender]) -> lis
                     vs_secretboot=ratio,
                     peak_rss_mib=statistics.median(s.maxrss_kib for s in mine) / 1024,
                     calls=round(statistics.median(sum(s.calls.values()) for s in mine)),
+                    https=condition.https,
+                    cpu=condition.cpu,
+                    vs_stdlib_min=_ratio(over, floor_over, c.name),
+                    cpu_ms=cpu[c.name],
+                    over_bare_cpu_ms=cpu[c.name] - cpu["bare"],
+                    handshakes=round(statistics.median(s.handshakes for s in mine)),
                 )
             )
     return rows
@@ -332,37 +467,78 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(rows: Sequence[Row], imports: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(what, value, target) lines for the issue's targets; n/a when the run lacks the data."""
-    over = {(r.contender, r.size, r.latency_ms): r.over_bare_ms for r in rows}
+    """(what, value, target) lines for the issues' targets; n/a when the run lacks the data.
 
-    def ratio(a: tuple[str, int, float], b: tuple[str, int, float]) -> str:
-        if a not in over or b not in over or over[b] <= 0:
+    Issue 3's lines use plain HTTP without a CPU limit when the run has it, else its first
+    condition (named in the line); issue 16's use the HTTPS conditions.
+    """
+    conditions = list(dict.fromkeys(r.condition for r in rows))
+    base = PLAIN if PLAIN in conditions or not conditions else conditions[0]
+    over = {(r.contender, r.size, r.latency_ms, r.condition): r.over_bare_ms for r in rows}
+    rss = {(r.contender, r.size, r.latency_ms, r.condition): r.peak_rss_mib for r in rows}
+
+    def ratio(
+        a: tuple[str, int, float], b: tuple[str, int, float], condition: Condition = base, table: Any = over
+    ) -> str:
+        ka, kb = (*a, condition), (*b, condition)
+        if ka not in table or kb not in table or table[kb] <= 0:
             return "n/a"
-        return f"{over[a] / over[b]:.2f}"
+        return f"{table[ka] / table[kb]:.2f}"
+
+    def growth(condition: Condition) -> str:
+        mine, floor = (
+            ratio(("secretboot", 100, lat), ("secretboot", 20, lat), condition),
+            ratio(("stdlib_min", 100, lat), ("stdlib_min", 20, lat), condition),
+        )
+        if "n/a" in (mine, floor) or float(floor) <= 0:
+            return "n/a"
+        return f"{float(mine) / float(floor):.2f}"
 
     lat = 10.0
+    where = "" if base == PLAIN else f" ({base.label})"
     lines = [
         (
-            "N=20, 10 ms: secretboot over bare / stdlib_min over bare",
+            f"N=20, 10 ms{where}: secretboot over bare / stdlib_min over bare",
             ratio(("secretboot", 20, lat), ("stdlib_min", 20, lat)),
             f"<= {TARGET_VS_STDLIB}",
         ),
         (
-            "N=20, 10 ms: secretboot over bare / boto3_threaded over bare",
+            f"N=20, 10 ms{where}: secretboot over bare / boto3_threaded over bare",
             ratio(("secretboot", 20, lat), ("boto3_threaded", 20, lat)),
             f"<= {TARGET_VS_THREADED}",
         ),
         (
-            "10 ms: secretboot over bare, N=100 / N=20",
+            f"10 ms{where}: secretboot over bare, N=100 / N=20",
             ratio(("secretboot", 100, lat), ("secretboot", 20, lat)),
             f"<= {TARGET_GROWTH}",
         ),
         (
-            "10 ms: stdlib_min over bare, N=100 / N=20 (the floor's own growth, for reference)",
+            f"10 ms{where}: stdlib_min over bare, N=100 / N=20 (the floor's own growth, for reference)",
             ratio(("stdlib_min", 100, lat), ("stdlib_min", 20, lat)),
             "",
         ),
     ]
+    for condition in conditions:
+        if not condition.https:
+            continue
+        goal = TARGET_HTTPS_QUARTER_VS_STDLIB if (condition.cpu or 1) <= 0.25 else TARGET_HTTPS_VS_STDLIB
+        lines += [
+            (
+                f"N=20, 10 ms, {condition.label}: secretboot over bare / stdlib_min over bare",
+                ratio(("secretboot", 20, lat), ("stdlib_min", 20, lat), condition),
+                f"<= {goal}" if condition.cpu in (None, 1.0, 0.25) else "",
+            ),
+            (
+                f"10 ms, {condition.label}: secretboot's growth N=20 to 100 / stdlib_min's",
+                growth(condition),
+                f"<= {TARGET_GROWTH_VS_STDLIB}",
+            ),
+            (
+                f"N=20, 10 ms, {condition.label}: secretboot peak RSS / stdlib_min's",
+                ratio(("secretboot", 20, lat), ("stdlib_min", 20, lat), condition, rss),
+                f"<= {TARGET_RSS_VS_STDLIB}",
+            ),
+        ]
     if imports:
         lines += [
             (
@@ -397,31 +573,117 @@ def _met(value: str, target: str) -> str:
     return "met" if (v <= t if target.startswith("<=") else v < t) else "NOT met"
 
 
-HEADERS = ("contender", "median ms", "over bare ms", "vs secretboot", "peak RSS MiB", "calls")
+HEADERS = (
+    "contender",
+    "median ms",
+    "over bare ms",
+    "vs secretboot",
+    "vs stdlib_min",
+    "CPU ms",
+    "peak RSS MiB",
+    "calls",
+    "handshakes",
+)
 
 
 def _cells(row: Row) -> tuple[str, ...]:
-    ratio = "-" if row.vs_secretboot is None else f"{row.vs_secretboot:.2f}"
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     return (
         row.contender,
         f"{row.median_ms:.1f}",
         f"{row.over_bare_ms:.1f}",
-        ratio,
+        ratio(row.vs_secretboot),
+        ratio(row.vs_stdlib_min),
+        f"{row.cpu_ms:.0f}",
         f"{row.peak_rss_mib:.1f}",
         str(row.calls),
+        str(row.handshakes),
     )
+
+
+def _blocks(rows: Sequence[Row]) -> list[tuple[int, float, Condition, list[Row]]]:
+    keys = dict.fromkeys((r.size, r.latency_ms, r.condition) for r in rows)
+    return [
+        (n, ms, c, [r for r in rows if (r.size, r.latency_ms, r.condition) == (n, ms, c)])
+        for n, ms, c in keys
+    ]
+
+
+def matrices(rows: Sequence[Row]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Issue 16's tables: for each size and latency run under several conditions, contenders
+    down, conditions across; (title, column heads, rows of cells)."""
+    tables = []
+    for size, latency in dict.fromkeys((r.size, r.latency_ms) for r in rows):
+        mine = [r for r in rows if (r.size, r.latency_ms) == (size, latency)]
+        conditions = list(dict.fromkeys(r.condition for r in mine))
+        if len(conditions) < 2:
+            continue
+        cell = {(r.contender, r.condition): r for r in mine}
+        names = list(dict.fromkeys(r.contender for r in mine))
+        heads = [""] + [c.label for c in conditions]
+        ratios = [
+            [name]
+            + [
+                "-"
+                if (r := cell.get((name, c))) is None or r.vs_stdlib_min is None
+                else f"{r.vs_stdlib_min:.2f}"
+                for c in conditions
+            ]
+            for name in names
+            if name != "bare"
+        ]
+        runs = mine[0].runs
+        tables.append(
+            (
+                f"N={size}, {latency:g} ms per request: time over bare / stdlib_min's ({runs} runs, medians)",
+                heads,
+                ratios,
+            )
+        )
+        times = [
+            [name]
+            + [
+                "-"
+                if (r := cell.get((name, c))) is None
+                else (
+                    f"{r.median_ms:.0f} wall, {r.cpu_ms:.0f} CPU"
+                    if name == "bare"
+                    else f"+{r.over_bare_ms:.0f} wall, +{r.over_bare_cpu_ms:.0f} CPU"
+                )
+                for c in conditions
+            ]
+            for name in names
+        ]
+        tables.append(
+            (
+                f"N={size}, {latency:g} ms per request: ms over bare, wall and CPU (bare: its own ms)",
+                heads,
+                times,
+            )
+        )
+    return tables
 
 
 def text_report(rows: Sequence[Row], target_lines: Sequence[tuple[str, str, str]]) -> str:
     out = []
-    for size, latency in dict.fromkeys((r.size, r.latency_ms) for r in rows):
-        block = [r for r in rows if (r.size, r.latency_ms) == (size, latency)]
-        out.append(f"\nN={size} secrets, {latency:g} ms per request ({block[0].runs} runs each, medians)")
-        out.append(f"{HEADERS[0]:<18}" + "".join(f"{h:>15}" for h in HEADERS[1:]))
+    for size, latency, condition, block in _blocks(rows):
+        out.append(
+            f"\nN={size} secrets, {latency:g} ms per request, {condition.label} "
+            f"({block[0].runs} runs each, medians)"
+        )
+        out.append(f"{HEADERS[0]:<18}" + "".join(f"{h:>14}" for h in HEADERS[1:]))
         for row in block:
             cells = _cells(row)
-            out.append(f"{cells[0]:<18}" + "".join(f"{c:>15}" for c in cells[1:]))
-    out.append("\nTargets (issue 3)")
+            out.append(f"{cells[0]:<18}" + "".join(f"{c:>14}" for c in cells[1:]))
+    for title, heads, cells in matrices(rows):
+        out.append(f"\n{title}")
+        width = max(len(h) for h in heads[1:]) + 2
+        width = max([width] + [len(c) + 2 for line in cells for c in line[1:]])
+        out.append(f"{'':<18}" + "".join(f"{h:>{width}}" for h in heads[1:]))
+        out += [f"{line[0]:<18}" + "".join(f"{c:>{width}}" for c in line[1:]) for line in cells]
+    out.append("\nTargets (issues 3 and 16)")
     for what, value, target in target_lines:
         verdict = _met(value, target)
         out.append(f"  {what}: {value}" + (f"  (target {target}: {verdict})" if target else ""))
@@ -434,22 +696,27 @@ def markdown_report(
     out = [
         "# secretboot cold-start benchmark",
         "",
-        f"Command: `{meta['command']}`",
+        f"Command: `{meta['command']}` (commit {meta['commit']}, {meta['date']})",
         "",
         f"Python {meta['python']}, {meta['platform']}, {meta['cpus']} CPUs; "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "",
         "Times are medians of fresh processes, spawn to exit; *over bare* subtracts the bare "
-        "interpreter's median; *vs secretboot* divides by secretboot's time over bare; *calls* are "
-        "requests that reached the proxy per run. " + _server_note(meta["replay"]),
+        "interpreter's median; *vs secretboot* and *vs stdlib_min* divide by that contender's time "
+        "over bare; *CPU ms* is the process's user plus system time; *calls* are requests that "
+        "reached the proxy per run, *handshakes* TLS handshakes. " + _server_note(meta["replay"]),
     ]
-    for size, latency in dict.fromkeys((r.size, r.latency_ms) for r in rows):
-        block = [r for r in rows if (r.size, r.latency_ms) == (size, latency)]
-        out += ["", f"## N={size}, {latency:g} ms per request ({block[0].runs} runs)", ""]
+    for title, heads, cells in matrices(rows):
+        out += ["", f"## {title}", ""]
+        out.append("| " + " | ".join(heads) + " |")
+        out.append("|---|" + "---:|" * (len(heads) - 1))
+        out += ["| " + " | ".join(line) + " |" for line in cells]
+    for size, latency, condition, block in _blocks(rows):
+        out += ["", f"## N={size}, {latency:g} ms per request, {condition.label} ({block[0].runs} runs)", ""]
         out.append("| " + " | ".join(HEADERS) + " |")
         out.append("|---|" + "---:|" * (len(HEADERS) - 1))
         out += ["| " + " | ".join(_cells(row)) + " |" for row in block]
-    out += ["", "## Targets (issue 3)", "", "| measure | value | target | |", "|---|---:|---|---|"]
+    out += ["", "## Targets (issues 3 and 16)", "", "| measure | value | target | |", "|---|---:|---|---|"]
     out += [
         f"| {what} | {value} | {target} | {_met(value, target)} |" for what, value, target in target_lines
     ]
@@ -470,7 +737,8 @@ def plot(rows: Sequence[Row], path: str, latencies: Sequence[float]) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     latency = PLOT_LATENCY_MS if PLOT_LATENCY_MS in latencies else latencies[0]
-    chosen = [r for r in rows if r.latency_ms == latency and r.contender != "bare"]
+    first = rows[0].condition  # one condition per plot: the run's first
+    chosen = [r for r in rows if r.latency_ms == latency and r.contender != "bare" and r.condition == first]
     sizes = sorted({r.size for r in chosen})
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for name in dict.fromkeys(r.contender for r in chosen):
@@ -533,6 +801,7 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
         "latencies_ms": args.latencies,
         "runs": args.runs,
         "replay": args.replay,
+        "conditions": [c.label for c in args.conditions],
     }
 
 
@@ -597,18 +866,55 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="answer repeated requests from the proxy's memory instead of moto (see make_proxy)",
     )
+    parser.add_argument(
+        "--https",
+        action="store_true",
+        help="reach AWS through a local TLS 1.3 front (throwaway CA in AWS_CA_BUNDLE, verification on)",
+    )
+    parser.add_argument(
+        "--cpu",
+        type=_shares,
+        metavar="SHARES",
+        help="run each contender on these shares of one CPU, e.g. 1,0.5,0.25 (cgroup v1; none: no limit)",
+    )
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="issue 16's table: N=20, 10 ms; plain HTTP, HTTPS, HTTPS at 0.5 and 0.25 CPU (or --cpu); "
+        "contenders " + ",".join(TABLE_CONTENDERS[1:]) + " unless --contenders",
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        shares = [s for s in (args.cpu or TABLE_SHARES) if s is not None]
+        args.conditions = [PLAIN, Condition(https=True)] + [Condition(True, s) for s in shares]
+        args.sizes = args.sizes or [20]
+        args.latencies = args.latencies or [10.0]
+        args.contenders = args.contenders or list(TABLE_CONTENDERS)
+    else:
+        args.conditions = [Condition(args.https, s) for s in (args.cpu or [None])]
+    args.conditions = list(dict.fromkeys(args.conditions))
     # Deduplicated: each size's parameters are created once.
     args.sizes = list(dict.fromkeys(args.sizes or ([1, 20] if args.quick else [1, 20, 100])))
     args.latencies = list(dict.fromkeys(args.latencies or ([0.0, 10.0] if args.quick else [0.0, 10.0, 50.0])))
     args.runs = args.runs or (2 if args.quick else 7)
     if args.runs < 1 or min(args.sizes) < 1 or min(args.latencies) < 0:
         parser.error("runs and sizes must be at least 1, latencies at least 0")
+    if any(c.cpu is not None and not 0 < c.cpu <= (os.cpu_count() or 1) for c in args.conditions):
+        parser.error("CPU shares are above 0 and at most the number of CPUs")
     known = {c.name for c in CONTENDERS}
     unknown = set(args.contenders or ()) - known
     if unknown:
         parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
     return args
+
+
+def _shares(text: str) -> list[float | None]:
+    """``1,0.5,0.25`` (``none``: no limit) as CPU shares."""
+    shares: list[float | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            shares.append(None if part.lower() in ("none", "max") else float(part))
+    return shares
 
 
 def _progress(message: str) -> None:
@@ -624,27 +930,62 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     meta = metadata(args)
-    with contextlib.ExitStack() as cleanup:
-        moto_url = cleanup.enter_context(moto_server())
-        proxy = make_proxy(moto_url, replay=args.replay)
-        proxy.start()
-        cleanup.callback(proxy.stop)
-        spawner = Spawner(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="secretboot-bench-")))
-        cleanup.callback(spawner.close)
+    # SIGTERM unwinds like Ctrl-C, so the CPU groups and servers are cleaned up either way.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with contextlib.ExitStack() as cleanup:
+            shares = [c.cpu for c in args.conditions if c.cpu is not None]
+            limits = None
+            if shares:
+                from bench.cgroup import CpuLimits
 
-        _progress(f"moto at {moto_url}, proxy at {proxy.url}; creating secrets")
-        secret_sets = create_secrets(moto_url, args.sizes)
-        env = base_env(proxy.url)
-        samples: list[Sample] = []
-        for size in args.sizes:
-            block_env = {**env, **secret_sets[size].references}
-            for latency in args.latencies:
-                samples += run_block(
-                    spawner, proxy, contenders, secret_sets[size], block_env, latency, args.runs
+                # Entered first, so removed last: after the launcher and its children are gone.
+                limits = cleanup.enter_context(CpuLimits(shares))
+                checked = limits.check()
+                meta["cpu_check"] = {f"{k:g}": round(v, 3) for k, v in checked.items()}
+                _progress(
+                    "CPU groups "
+                    + ", ".join(limits.groups.values())
+                    + "; a busy loop got "
+                    + ", ".join(f"{v:.2f} of a CPU in the {k:g} group" for k, v in checked.items())
                 )
-        _progress("measuring import secretboot")
-        proxy.latency = 0.0
-        imports = measure_import(spawner, env, 5 if args.quick else 15, 3 if args.quick else 7)
+            moto_url = cleanup.enter_context(moto_server())
+            proxy = make_proxy(moto_url, replay=args.replay)
+            proxy.start()
+            cleanup.callback(proxy.stop)
+            front = None
+            if any(c.https for c in args.conditions):
+                from tests.tlsfront import TlsFront
+
+                front = cleanup.enter_context(TlsFront(proxy.url))
+                _progress(f"TLS front at {front.url}, CA bundle {front.bundle_file}")
+            network = Network(proxy, front, limits)
+            spawner = Spawner(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="secretboot-bench-")))
+            cleanup.callback(spawner.close)
+
+            _progress(f"moto at {moto_url}, proxy at {proxy.url}; creating secrets")
+            secret_sets = create_secrets(moto_url, args.sizes)
+            env = base_env(proxy.url)
+            samples: list[Sample] = []
+            for size in args.sizes:
+                block_env = {**env, **secret_sets[size].references}
+                for latency in args.latencies:
+                    for condition in args.conditions:
+                        samples += run_block(
+                            spawner,
+                            network,
+                            contenders,
+                            secret_sets[size],
+                            block_env,
+                            latency,
+                            args.runs,
+                            condition,
+                        )
+            _progress("measuring import secretboot")
+            proxy.latency = 0.0
+            imports = measure_import(spawner, env, 5 if args.quick else 15, 3 if args.quick else 7)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     rows = summarize(samples, contenders)
     target_lines = targets(rows, imports)
@@ -671,6 +1012,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         plot(rows, args.plot, args.latencies)
     return 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

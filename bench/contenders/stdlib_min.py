@@ -2,6 +2,10 @@
 
 No retries and no checks beyond what is needed: the least any client can do. The signer is
 secretboot's self-contained ``_sigv4.py``, loaded by path so the package is not imported.
+
+Over HTTPS it does the TLS work a careful hand-written client does: one ``SSLContext``
+(verification on, ``AWS_CA_BUNDLE`` or the system roots), its trust loaded once in the main
+thread before any request, shared by every connection.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import http.client
 import importlib.util
 import json
 import os
+import ssl
 import threading
 from urllib.parse import urlsplit
 
@@ -30,6 +35,15 @@ region = os.environ.get("AWS_REGION") or os.environ["AWS_DEFAULT_REGION"]
 access_key = os.environ["AWS_ACCESS_KEY_ID"]
 secret_key = os.environ["AWS_SECRET_ACCESS_KEY"]
 session_token = os.environ.get("AWS_SESSION_TOKEN") or None
+tls: ssl.SSLContext | None = None
+if endpoint.scheme == "https":
+    tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+
+
+def connect() -> http.client.HTTPConnection:
+    if tls is not None:
+        return http.client.HTTPSConnection(endpoint.hostname or "", endpoint.port, timeout=10, context=tls)
+    return http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=10)
 
 
 def call(service: str, target: str, payload: object) -> dict[str, object]:
@@ -46,7 +60,7 @@ def call(service: str, target: str, payload: object) -> dict[str, object]:
         region=region,
         service=service,
     )
-    conn = http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=10)
+    conn = connect()
     try:
         conn.request("POST", "/", body=body, headers=headers)
         answer = conn.getresponse()
