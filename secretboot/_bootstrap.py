@@ -269,26 +269,25 @@ def _drop_prefetch() -> None:
         job.dropped = True
 
 
-_guarded = False
+_guarded: set[str] = set()
 
 
 def _guard_prefetch(view: Mapping[str, str]) -> None:
     """Once per process, on the caller's thread: a child never inherits a pending prefetch
     (its thread is not forked), and a SnapStart snapshot never holds an unjoined one's plaintext."""
-    global _guarded
-    if _guarded:
-        return
-    _guarded = True
-    if hasattr(os, "register_at_fork"):
+    if "fork" not in _guarded and hasattr(os, "register_at_fork"):
+        _guarded.add("fork")
         os.register_at_fork(after_in_child=_forget_in_child)
-    if view.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
-        if view.get("SECRETBOOT_SNAPSTART", "").strip().lower() == "keep":
-            return
-        try:
-            from snapshot_restore_py import register_before_snapshot
-        except ImportError:
-            return
-        register_before_snapshot(_prefetch_before_snapshot)
+    if "snapshot" in _guarded or view.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "snap-start":
+        return
+    if view.get("SECRETBOOT_SNAPSTART", "").strip().lower() == "keep":
+        return  # the plaintext may be in the snapshot: the joined keyring's would be too
+    try:
+        from snapshot_restore_py import register_before_snapshot
+    except ImportError:
+        return
+    _guarded.add("snapshot")
+    register_before_snapshot(_prefetch_before_snapshot)
 
 
 def _forget_in_child() -> None:
