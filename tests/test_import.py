@@ -33,7 +33,7 @@ def _run(code: str) -> dict[str, object]:
 
 def test_import_and_plain_bootstrap_load_no_aws_code() -> None:
     result = _run(PROBE)
-    heavy = ("boto3", "botocore", "dotenv", "concurrent", "urllib3", "logging", "json")
+    heavy = ("boto3", "botocore", "dotenv", "concurrent", "urllib3", "logging", "json", "ssl", "_ssl", "http")
     for phase in ("import", "boot"):
         modules = result[phase]
         assert isinstance(modules, list)
