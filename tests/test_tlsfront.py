@@ -7,13 +7,14 @@ import os
 import socket
 import ssl
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.keepalive import KeepAliveHandler, KeepAliveServer
-from tests.tlsfront import TlsFront, pem_certificates, system_ca_file
+from tests.tlsfront import AWS_ROOTS, TlsFront, pem_certificates, system_ca_file
 
 
 class _Echo(KeepAliveHandler):
@@ -91,6 +92,20 @@ def test_the_bundle_is_the_system_bundle_plus_the_throwaway_ca(front: TlsFront) 
     assert context.cert_store_stats()["x509_ca"] == len(system) + 1
 
 
+def test_the_aws_roots_file_holds_only_amazon_and_starfield_roots(front: TlsFront) -> None:
+    from cryptography import x509
+
+    blocks = pem_certificates(Path(front.aws_roots_file).read_bytes())
+    with warnings.catch_warnings():  # Starfield Services Root G2's serial number is 0
+        warnings.simplefilter("ignore")
+        subjects = [x509.load_pem_x509_certificate(b).subject.rfc4514_string() for b in blocks]
+    assert subjects[:-1] == list(AWS_ROOTS)  # this machine's bundle has all five
+    assert blocks[-1:] == pem_certificates(Path(front.ca_file).read_bytes())
+    context = ssl.create_default_context(cafile=front.aws_roots_file)
+    with _handshake(context, front) as tls:
+        assert tls.version() == "TLSv1.3"
+
+
 def test_without_the_throwaway_ca_verification_fails(front: TlsFront) -> None:
     context = ssl.create_default_context()  # the system roots only
     with pytest.raises(ssl.SSLCertVerificationError) as caught:
@@ -153,7 +168,7 @@ def test_each_new_connection_pays_the_latency_once(front: TlsFront) -> None:
 def test_stop_removes_the_throwaway_material(upstream: KeepAliveServer) -> None:
     front = TlsFront(f"http://{upstream.host_port}")
     with front:
-        files = [front.ca_file, front.bundle_file, front.hashed_dir]
+        files = [front.ca_file, front.bundle_file, front.aws_roots_file, front.hashed_dir]
         folder = os.path.dirname(front.ca_file)
         assert all(os.path.exists(f) for f in files)
         assert all(os.path.dirname(f) == folder for f in files)

@@ -18,6 +18,9 @@ Trust material, as a real client loads it:
 - ``bundle_file``: the system CA bundle (``ssl.get_default_verify_paths().cafile``, about 140
   certificates on Debian) followed by the throwaway CA. A client on AWS loads the whole system
   bundle; that load is the cost being measured, so benchmarks give clients this file.
+- ``aws_roots_file``: only the roots AWS endpoints chain to (Amazon Root CA 1 to 4 and
+  Starfield Services Root Certificate Authority - G2, as found in the system bundle) followed
+  by the throwaway CA: what a client pinned to AWS's roots would load.
 - ``hashed_dir``: a c_rehash-style directory (``<subject hash>.<n>`` files, made by
   ``openssl rehash``) holding the same roots one per file, for clients that look roots up on
   demand (``SSL_CERT_DIR`` or ``load_verify_locations(capath=...)``).
@@ -44,6 +47,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -80,6 +84,34 @@ def write_bundle(extra_ca_file: str | os.PathLike[str], path: str | os.PathLike[
     if not system.endswith(b"\n"):
         system += b"\n"
     Path(path).write_bytes(system + b"".join(pem_certificates(Path(extra_ca_file).read_bytes())))
+    return os.fspath(path)
+
+
+AWS_ROOTS = (
+    "CN=Amazon Root CA 1,O=Amazon,C=US",
+    "CN=Amazon Root CA 2,O=Amazon,C=US",
+    "CN=Amazon Root CA 3,O=Amazon,C=US",
+    "CN=Amazon Root CA 4,O=Amazon,C=US",
+    "CN=Starfield Services Root Certificate Authority - G2,O=Starfield Technologies\\, Inc.,"
+    "L=Scottsdale,ST=Arizona,C=US",
+)
+
+
+def write_aws_roots(extra_ca_file: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
+    """Write the system bundle's ``AWS_ROOTS`` (those it has) and ``extra_ca_file``'s certificates."""
+    from cryptography import x509
+
+    kept = []
+    for block in pem_certificates(Path(system_ca_file()).read_bytes()):
+        try:
+            with warnings.catch_warnings():  # a few old roots have non-positive serial numbers
+                warnings.simplefilter("ignore")
+                subject = x509.load_pem_x509_certificate(block).subject.rfc4514_string()
+        except ValueError:
+            continue
+        if subject in AWS_ROOTS:
+            kept.append(block)
+    Path(path).write_bytes(b"".join(kept + pem_certificates(Path(extra_ca_file).read_bytes())))
     return os.fspath(path)
 
 
@@ -214,6 +246,7 @@ class TlsFront:
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._ca_file = ""
         self._bundle_file = ""
+        self._aws_roots_file = ""
         self._hashed_dir = ""
         self.handshakes = 0
         self.failed_handshakes = 0
@@ -239,6 +272,14 @@ class TlsFront:
         if not self._bundle_file:
             self._bundle_file = write_bundle(self._ca_file, folder / "bundle.pem")
         return self._bundle_file
+
+    @property
+    def aws_roots_file(self) -> str:
+        """AWS's roots from the system bundle plus the throwaway CA (written on first use)."""
+        folder = self._dir()
+        if not self._aws_roots_file:
+            self._aws_roots_file = write_aws_roots(self._ca_file, folder / "aws-roots.pem")
+        return self._aws_roots_file
 
     @property
     def hashed_dir(self) -> str:
@@ -299,7 +340,7 @@ class TlsFront:
         if self._tempdir is not None:
             self._tempdir.cleanup()
             self._tempdir = None
-        self._ca_file = self._bundle_file = self._hashed_dir = ""
+        self._ca_file = self._bundle_file = self._aws_roots_file = self._hashed_dir = ""
 
     def __enter__(self) -> TlsFront:
         self.start()
