@@ -85,6 +85,7 @@ TARGET_HTTPS_QUARTER_VS_STDLIB = 1.15
 TARGET_GROWTH_VS_STDLIB = 1.15
 TARGET_RSS_VS_STDLIB = 1.1
 TABLE_CONTENDERS = ("bare", "stdlib_min", "secretboot", "boto3_threaded", "powertools")
+TARGET_PREFETCH_MS = 10.0
 TABLE_SHARES = (0.5, 0.25)
 
 
@@ -95,9 +96,14 @@ class Contender:
     env: Mapping[str, str] = field(default_factory=dict)
     checked: bool = True  # bare prints "0 -": nothing to check
     sealed: bool = False  # the same plaintexts as sealed values under one KMS data key
+    # Over HTTPS, what the client trusts (see Network.env): "bundle" (AWS_CA_BUNDLE = the system
+    # bundle + the throwaway CA), "aws-roots" (AWS_CA_BUNDLE = AWS's five roots + the CA) or
+    # "directory" (no AWS_CA_BUNDLE; SSL_CERT_DIR = a hashed directory, looked up on demand).
+    trust: str = "bundle"
+    optional: bool = False  # run only when named (--contenders) or by --table
 
 
-CONTENDERS = (
+CONTENDERS: tuple[Contender, ...] = (
     Contender("bare", "bare.py", checked=False),
     Contender("boto3_loop", "boto3_loop.py"),
     Contender("boto3_threaded", "boto3_threaded.py"),
@@ -106,7 +112,19 @@ CONTENDERS = (
     Contender("secretboot", "secretboot_app.py"),
     Contender("secretboot-boto3", "secretboot_app.py", {"SECRETBOOT_TRANSPORT": "boto3"}),
     Contender("secretboot-sealed", "secretboot_app.py", sealed=True),
+    # Issue 16, item 3: cheaper trust, verification intact (HTTPS conditions only).
+    Contender("stdlib_min-awsroots", "stdlib_min.py", trust="aws-roots", optional=True),
+    Contender("secretboot-awsroots", "secretboot_app.py", trust="aws-roots", optional=True),
+    Contender("stdlib_min-ondemand", "stdlib_min.py", trust="directory", optional=True),
+    Contender("secretboot-ondemand", "secretboot_app.py", trust="directory", optional=True),
+    # Issue 16, item 4: a realistic handler module (Powertools + pydantic imports).
+    Contender("handler-nosecrets", "handler_nosecrets.py", checked=False, optional=True),
+    Contender("handler-bootstrap", "handler_bootstrap.py", optional=True),
+    Contender("handler-prefetch", "handler_prefetch.py", optional=True),
 )
+
+
+TABLE_EXTRAS = tuple(c.name for c in CONTENDERS if c.optional)  # added to --table unless --quick
 
 
 @dataclass(frozen=True, order=True)
@@ -282,12 +300,21 @@ class Network:
     front: TlsFront | None = None
     limits: CpuLimits | None = None
 
-    def env(self, condition: Condition) -> dict[str, str]:
-        """The variables that differ between conditions."""
+    def env(self, condition: Condition, trust: str = "bundle") -> dict[str, str]:
+        """The variables that differ between conditions (and, over HTTPS, trust settings)."""
         if not condition.https:
             return {"AWS_ENDPOINT_URL": self.proxy.url}
-        assert self.front is not None
-        return {"AWS_ENDPOINT_URL": self.front.url, "AWS_CA_BUNDLE": self.front.bundle_file}
+        front = self.front
+        assert front is not None
+        if trust == "directory":
+            # OpenSSL's default paths, redirected: no file, the hashed directory looked up on demand.
+            return {
+                "AWS_ENDPOINT_URL": front.url,
+                "SSL_CERT_FILE": os.devnull,
+                "SSL_CERT_DIR": front.hashed_dir,
+            }
+        bundle = front.aws_roots_file if trust == "aws-roots" else front.bundle_file
+        return {"AWS_ENDPOINT_URL": front.url, "AWS_CA_BUNDLE": bundle}
 
     def procs(self, condition: Condition) -> str | None:
         if condition.cpu is None:
@@ -320,7 +347,7 @@ def run_contender(
     network.reset_counts()
     result = spawner.run(
         [sys.executable, str(CONTENDERS_DIR / contender.script)],
-        {**env, **network.env(condition), **contender.env},
+        {**env, **network.env(condition, contender.trust), **contender.env},
         network.procs(condition),
     )
     calls = network.proxy.counts()
@@ -347,6 +374,8 @@ def run_block(
     network.set_latency(latency_ms / 1000)
     samples = []
     expected = secret_set.expected
+    # Trust variants differ from their base contender over HTTPS only.
+    contenders = [c for c in contenders if condition.https or c.trust == "bundle"]
     for round_ in range(-1, runs):
         # Round -1 warms the filesystem cache and bytecode; each later round starts one further on.
         shift = max(round_, 0) % len(contenders)
@@ -385,18 +414,15 @@ def summarize(samples: Sequence[Sample], contenders: Sequence[Contender]) -> lis
     rows = []
     for size, latency, condition in blocks:
         block = [s for s in timed if (s.size, s.latency_ms, s.condition) == (size, latency, condition)]
-        medians = {
-            c.name: statistics.median(s.ms for s in block if s.contender == c.name) for c in contenders
-        }
-        cpu = {
-            c.name: statistics.median(s.cpu_ms for s in block if s.contender == c.name) for c in contenders
-        }
+        present = [c for c in contenders if any(s.contender == c.name for s in block)]
+        medians = {c.name: statistics.median(s.ms for s in block if s.contender == c.name) for c in present}
+        cpu = {c.name: statistics.median(s.cpu_ms for s in block if s.contender == c.name) for c in present}
         floor = medians["bare"]
         sb = medians.get("secretboot")
         sb_over = None if sb is None else sb - floor
         floor_client = medians.get("stdlib_min")
         floor_over = None if floor_client is None else floor_client - floor
-        for c in contenders:
+        for c in present:
             mine = [s for s in block if s.contender == c.name]
             over = medians[c.name] - floor
             ratio = _ratio(over, sb_over, c.name)
@@ -518,6 +544,18 @@ def targets(rows: Sequence[Row], imports: Mapping[str, Any]) -> list[tuple[str, 
             "",
         ),
     ]
+    median = {(r.contender, r.size, r.latency_ms, r.condition): r.median_ms for r in rows}
+    for condition in conditions:
+        with_secrets = median.get(("handler-prefetch", 20, lat, condition))
+        without = median.get(("handler-nosecrets", 20, lat, condition))
+        if with_secrets is not None and without is not None:
+            lines.append(
+                (
+                    f"N=20, 10 ms, {condition.label}: handler-prefetch minus handler-nosecrets (medians)",
+                    f"{with_secrets - without:.1f} ms",
+                    f"<= {TARGET_PREFETCH_MS:g} ms" if condition.https and condition.cpu is None else "",
+                )
+            )
     for condition in conditions:
         if not condition.https:
             continue
@@ -856,7 +894,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         type=lambda text: [c for c in text.split(",") if c],
-        help="names to run (bare is always included); default all: " + ",".join(c.name for c in CONTENDERS),
+        help="names to run (bare is always included); default: "
+        + ",".join(c.name for c in CONTENDERS if not c.optional)
+        + "; on request: "
+        + ",".join(c.name for c in CONTENDERS if c.optional),
     )
     parser.add_argument("--json", metavar="PATH", help="write every raw sample and the summary")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of time over the floor against N")
@@ -889,7 +930,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.conditions = [PLAIN, Condition(https=True)] + [Condition(True, s) for s in shares]
         args.sizes = args.sizes or [20]
         args.latencies = args.latencies or [10.0]
-        args.contenders = args.contenders or list(TABLE_CONTENDERS)
+        args.contenders = args.contenders or list(TABLE_CONTENDERS + (() if args.quick else TABLE_EXTRAS))
     else:
         args.conditions = [Condition(args.https, s) for s in (args.cpu or [None])]
     args.conditions = list(dict.fromkeys(args.conditions))
@@ -923,7 +964,7 @@ def _progress(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.contenders or [c.name for c in CONTENDERS]) | {"bare"}
+    wanted = set(args.contenders or [c.name for c in CONTENDERS if not c.optional]) | {"bare"}
     contenders = [c for c in CONTENDERS if c.name in wanted]
     sys.path.insert(0, str(REPO))
     from tests.localaws import moto_server
