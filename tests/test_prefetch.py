@@ -79,14 +79,24 @@ def test_prefetch_returns_at_once_and_the_join_gives_what_bootstrap_gives(
     assert proxy.counts() == prefetched_calls  # the same requests, made once
 
 
-def test_the_work_overlaps_the_callers_own(env: dict[str, str]) -> None:
+def test_the_work_overlaps_the_callers_own(env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="secretboot")
+    started = time.perf_counter()
+    secretboot.bootstrap(environ=env)
+    alone = time.perf_counter() - started
+    assert alone >= LATENCY
+    secretboot.reset()
     started = time.perf_counter()
     secretboot.prefetch(environ=env)
     prefetching = time.perf_counter() - started
-    time.sleep(0.3)  # the application's own imports
+    # The application's own imports: 300 ms, or longer where the resolution alone took longer.
+    # On the boto3 transport one resolution takes 280 ms or, now and then, 500 to 600 ms
+    # (bootstrap() alone as much as a prefetch): the margin covers both.
+    time.sleep(max(0.3, 2.5 * alone))
     started = time.perf_counter()
     keyring = secretboot.bootstrap(environ=env)
-    assert prefetching < 0.020 and time.perf_counter() - started < 0.050
+    joined = time.perf_counter() - started
+    assert prefetching < 0.020 and joined < 0.050, (alone, joined, caplog.text)
     assert dict(keyring) == EXPECTED
 
 
