@@ -6,9 +6,10 @@ standard library. It keeps boto3's behaviour where it matters: retries with
 exponential backoff and full jitter on throttling, 5xx and connection errors
 (bounded by the deadline, see ``_retry``), optionally a client-side rate limit
 per service after throttling (botocore's ``adaptive`` mode), connect and read timeouts,
-TLS verified against the system's trust store, keep-alive connections reused
-per endpoint, the same reason codes, and the same identity: credentials come from the
-source botocore's default chain would use (``_credentials``), refreshed before they expire.
+TLS verified against the system's trust store (one context per process, ``_http``),
+keep-alive connections reused per endpoint, the same reason codes, and the same identity:
+credentials come from the source botocore's default chain would use (``_credentials``),
+refreshed before they expire.
 """
 
 from __future__ import annotations
