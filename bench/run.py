@@ -121,6 +121,10 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("handler-nosecrets", "handler_nosecrets.py", checked=False, optional=True),
     Contender("handler-bootstrap", "handler_bootstrap.py", optional=True),
     Contender("handler-prefetch", "handler_prefetch.py", optional=True),
+    # The same handlers trusting what a standard AWS endpoint gets: OpenSSL's hashed directory,
+    # looked up on demand (see docs/threat-model.md, TLS on the fast path).
+    Contender("handler-bootstrap-ondemand", "handler_bootstrap.py", trust="directory", optional=True),
+    Contender("handler-prefetch-ondemand", "handler_prefetch.py", trust="directory", optional=True),
 )
 
 
