@@ -63,6 +63,11 @@ _SM_ARN = r"arn:aws[a-z\-]*:secretsmanager:[a-z0-9\-]+:[0-9]{12}:secret:[A-Za-z0
 _SM_STAGE = r"[A-Za-z0-9_.@+=/\-]{1,256}"
 _SM_VERSION_ID = r"[A-Za-z0-9\-]{32,64}"
 _SM_MAX_JSON_KEY = 1024
+# Rotation: a new version is staged AWSPENDING while the rotation sets it up and tests it,
+# then AWSCURRENT moves to it (and AWSPREVIOUS to the old one). Until then the pending value
+# may not work anywhere yet, and after a failed rotation it may never work: no reference may
+# name it, so no code path can ask for it.
+PENDING_STAGE = "AWSPENDING"
 
 
 class KmsReference:
@@ -231,7 +236,8 @@ class SecretsManagerReference:
     """A Secrets Manager secret, or one key of its JSON, at a version stage or id.
 
     ``secret_id`` is a name or ARN. With neither ``version_stage`` nor
-    ``version_id`` the current version (``AWSCURRENT``) is read.
+    ``version_id`` the current version (``AWSCURRENT``) is read. ``AWSPENDING``
+    is refused: it marks a rotation in progress (``PENDING_STAGE``).
     """
 
     __slots__ = ("json_key", "secret_id", "version_id", "version_stage")
@@ -262,6 +268,11 @@ class SecretsManagerReference:
             raise ReferenceSyntaxError(f"JSON key must be 1 to {_SM_MAX_JSON_KEY} characters")
         if version_stage is not None and not re.fullmatch(_SM_STAGE, version_stage):
             raise ReferenceSyntaxError("version stage must be 1 to 256 of letters, digits and _.@+=/-")
+        if version_stage == PENDING_STAGE:
+            raise ReferenceSyntaxError(
+                "version stage AWSPENDING is a rotation in progress and is never served; "
+                "read AWSCURRENT (the default) or AWSPREVIOUS"
+            )
         if version_id is not None and not re.fullmatch(_SM_VERSION_ID, version_id):
             raise ReferenceSyntaxError("version id must be 32 to 64 of letters, digits and '-'")
         if (version_stage or version_id) and json_key is not None and re.search(r"[:{}]", json_key):
