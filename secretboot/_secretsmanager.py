@@ -1,5 +1,9 @@
 """Secrets Manager source: ``BatchGetSecretValue`` (at most 20 ids a call) for current
-versions, ``GetSecretValue`` for a version stage or id; JSON keys picked out locally."""
+versions, ``GetSecretValue`` for a version stage or id; JSON keys picked out locally.
+
+Current versions are those labelled ``AWSCURRENT``, so a rotation is seen by the first
+resolution after its last step; ``AWSPENDING`` is never asked for (see docs/reference-syntax.md).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from secretboot._reference import SecretsManagerReference
 from secretboot._settings import SECRETS_MANAGER_PATHS, allowed
 
 BATCH_SIZE = 20  # the API's limit on SecretIdList
+# Rotation moves AWSPREVIOUS to the version AWSCURRENT leaves. Current versions are read
+# without a stage (AWSCURRENT); AWSPENDING cannot be asked for (the reference refuses it).
+PREVIOUS_STAGE = "AWSPREVIOUS"
 
 _DETAILS = {
     t.NOT_FOUND: "no such secret, version or stage (or not visible to these credentials)",
@@ -88,7 +95,10 @@ class SecretsManagerResolver:
                 ref.secret_id, version_stage=ref.version_stage, version_id=ref.version_id
             )
         except t.TransportError as exc:
-            _fail(outcome, readers, exc.reason, _DETAILS.get(exc.reason, exc.detail))
+            detail = _DETAILS.get(exc.reason, exc.detail)
+            if exc.reason == t.NOT_FOUND and ref.version_stage == PREVIOUS_STAGE:
+                detail += "; a secret has an AWSPREVIOUS version only once it has been rotated"
+            _fail(outcome, readers, exc.reason, detail)
             return outcome
         self._extract(outcome, secret, readers)
         return outcome

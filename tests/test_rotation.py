@@ -330,6 +330,7 @@ def test_awsprevious_before_any_rotation_fails_closed_naming_the_stage(
     assert failures_of(info.value) == {"OLD_PASSWORD": "NotFound"}
     (failure,) = info.value.failures
     assert failure.target == "db#password (stage AWSPREVIOUS)"
+    assert failure.detail.endswith("a secret has an AWSPREVIOUS version only once it has been rotated")
     assert_no_leak(all_texts(info.value) + caplog.text, *CANARIES)
 
     # After the first rotation the same environment resolves: OLD_PASSWORD is the first value.
