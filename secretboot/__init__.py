@@ -9,7 +9,7 @@ Importing this package is cheap and changes nothing; AWS code is imported only
 when ``bootstrap()`` finds a reference to resolve.
 """
 
-from secretboot._bootstrap import bootstrap, getenv, prefetch, reset
+from secretboot._bootstrap import bootstrap, getenv, on_refresh, prefetch, refresh_now, reset
 from secretboot._errors import (
     BootstrapError,
     ConfigurationError,
@@ -17,7 +17,7 @@ from secretboot._errors import (
     ReferenceSyntaxError,
     SecretbootError,
 )
-from secretboot._keyring import Keyring
+from secretboot._keyring import Keyring, StaleError
 from secretboot._reference import (
     KmsReference,
     SealedReference,
@@ -55,10 +55,13 @@ __all__ = [
     "SecretbootError",
     "SecretsManagerReference",
     "SsmReference",
+    "StaleError",
     "bootstrap",
     "getenv",
     "is_reference",
+    "on_refresh",
     "parse_reference",
     "prefetch",
+    "refresh_now",
     "reset",
 ]

@@ -1,73 +1,35 @@
-"""``bootstrap()``: the one entry point that reads the environment and resolves it."""
+"""The public entry points: ``bootstrap()``, ``getenv()``, ``prefetch()``, ``refresh_now()``,
+``on_refresh()``: a thin facade over ``_lifecycle``.
+
+Each raises the errors of the work it asks for from its own frame, which holds no plaintext,
+reference or keyring (``contained``): error reporters send the locals of every frame.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from secretboot import _settings as s
-from secretboot._errors import (
-    BootstrapError,
-    ConfigurationError,
-    Failure,
-    ReferenceSyntaxError,
-    SecretbootError,
-)
+from secretboot import _lifecycle
+from secretboot._errors import SecretbootError
 from secretboot._keyring import Keyring
-from secretboot._reference import (
-    Reference,
-    SecretsManagerReference,
-    SsmReference,
-    is_reference,
-    parse_kms,
-    parse_reference,
+
+# Kept importable from here: the CLI's check, the integrations and the tests use them.
+from secretboot._lifecycle import (
+    LOGGER_NAME,
+    NEAR_MISS,
+    NOT_ALLOWED,
+    _Prefetch,
+    _prefetch_before_snapshot,
+    _read_env_file,
+    _restore_environ,
+    _state,
+    contained,
+    near_misses,
+    read_environment,
+    reset,
+    scan,
 )
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
-if TYPE_CHECKING:
-    import logging
-    from typing import TypeVar
-
-    from dotenv.parser import Binding
-
-    from secretboot._outcome import Outcome
-
-    T = TypeVar("T")
-
-LOGGER_NAME = "secretboot"
-NOT_ALLOWED = "NotAllowed"
-
-# Never scanned unless listed in SECRETBOOT_KMS_VARS: the AWS SDK's and our own
-# settings are configuration, not secrets to resolve.
-_SKIPPED_PREFIXES = ("AWS_", "SECRETBOOT_")
-
-
-class _State:
-    """What the process has booted. Guarded by ``lock``."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.keyring: Keyring | None = None
-        self.environ: Mapping[str, str] = os.environ
-        self.file_values: dict[str, str] = {}
-        self.kms_vars: frozenset[str] = frozenset()
-        # Variables written into os.environ by export: name -> (before, written).
-        self.exported: dict[str, tuple[str | None, str]] = {}
-        # The last successful boot's options, to boot again after a SnapStart restore.
-        self.options: tuple[Mapping[str, str] | None, str | os.PathLike[str] | None, bool | None] = (
-            None,
-            None,
-            None,
-        )
-        # A prefetch() started and not joined yet (see _Prefetch).
-        self.prefetch: _Prefetch | None = None
-
-
-_state = _State()
 
 
 def bootstrap(
@@ -76,6 +38,7 @@ def bootstrap(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = None,
     export: bool | None = None,
+    max_age: float | None = None,
 ) -> Keyring:
     """Resolve every reference in the environment, once per process.
 
@@ -90,11 +53,12 @@ def bootstrap(
     ``export``: write resolved plaintext (and the file's values) into
     ``os.environ`` (``SECRETBOOT_EXPORT``; off by default), all or nothing.
     ``reset()`` undoes it.
+    ``max_age``: seconds (``SECRETBOOT_MAX_AGE``; off by default). Past it, a background
+    thread resolves everything again in one batch and swaps it into the same keyring;
+    readers never wait and never see half of a refresh. A failed refresh keeps the last
+    good values (``SECRETBOOT_MAX_STALE`` bounds for how long). See ``on_refresh``.
     """
-    with _state.lock:
-        if _state.keyring is not None and not refresh:
-            return _state.keyring
-        booted = contained(_start, refresh, environ, env_file, export)
+    booted = contained(_lifecycle.boot, _lifecycle.Options(environ, env_file, export, max_age), refresh)
     del environ  # the caller's mapping holds references: not in the frame that raises
     if isinstance(booted, SecretbootError):
         raise booted
@@ -116,201 +80,7 @@ def prefetch(
     ``ConfigurationError``. A failure is logged at ERROR (names and reasons) when it
     happens, and raised at the join. Does nothing if already booted or prefetching.
     """
-    with _state.lock:
-        if _state.keyring is not None or _state.prefetch is not None:
-            return
-        base = os.environ if environ is None else environ
-        view = _unexported_view(base)
-        # An env file's ${VAR} expands against os.environ, copied here: the thread does not read it.
-        expand_env = dict(os.environ) if env_file is not None or view.get(s.ENV_FILE) else None
-        job = _Prefetch(base, view, (environ, env_file, export), expand_env)
-        _state.prefetch = job
-        _guard_prefetch(view)
-        job.thread.start()
-
-
-class _Prefetch:
-    """One background resolution: ``_gather`` on its own thread, applied by whoever joins it.
-
-    The thread never writes ``_state`` or ``os.environ`` and never takes ``_state.lock``.
-    """
-
-    __slots__ = ("base", "done", "dropped", "error", "found", "options", "thread", "view")
-
-    def __init__(
-        self,
-        base: Mapping[str, str],
-        view: dict[str, str],
-        options: tuple[Mapping[str, str] | None, str | os.PathLike[str] | None, bool | None],
-        expand_env: Mapping[str, str] | None,
-    ) -> None:
-        self.base = base
-        self.view = view
-        self.options = options
-        self.done = threading.Event()
-        self.found: _Gathered | None = None
-        self.error: BaseException | None = None
-        self.dropped = False  # by reset(), a refresh, a fork or a snapshot: nobody will join it
-        self.thread = threading.Thread(
-            target=self._run, args=(expand_env,), name="secretboot-prefetch", daemon=True
-        )
-
-    def _run(self, expand_env: Mapping[str, str] | None) -> None:
-        found: _Gathered | BaseException
-        try:
-            found = contained(_gather, self.base, self.view, self.options[1], self.options[2], expand_env)
-        except BaseException as exc:  # a bug: kept (with its frames) for the join to raise
-            found = exc
-        try:
-            if isinstance(found, _Gathered):
-                self.found = found
-                problem = ", ".join(f"{f.variable} ({f.reason})" for f in found.failures)
-            else:
-                self.error = found
-                problem = _describe(found)
-            if problem and not self.dropped:
-                _logger().error(
-                    "prefetch() could not resolve %s; the next bootstrap() or getenv() raises it",
-                    problem,
-                )
-        finally:
-            self.done.set()
-
-    def mismatch(
-        self,
-        environ: Mapping[str, str] | None,
-        env_file: str | os.PathLike[str] | None,
-        export: bool | None,
-    ) -> list[str]:
-        """The options given to ``bootstrap()`` that differ from this prefetch's."""
-        _, file, exported = self.options
-        differ = []
-        if (os.environ if environ is None else environ) is not self.base:
-            differ.append("environ")
-        if (None if env_file is None else os.fspath(env_file)) != (None if file is None else os.fspath(file)):
-            differ.append("env_file")
-        if export != exported:
-            differ.append("export")
-        return differ
-
-    def changed(self) -> list[str]:
-        """Variables that changed since the prefetch read them in a way that changes the result.
-
-        Plain values do not matter (they are read live); references, KMS variables,
-        near misses and ``AWS_*``/``SECRETBOOT_*`` settings do.
-        """
-        file_values = self.found.file_values if self.found is not None else {}
-        kms_vars = self.found.kms_vars if self.found is not None else frozenset()
-        then = {**file_values, **self.view}
-        now = {**file_values, **_unexported_view(self.base)}
-        names = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
-        if not names:
-            return []
-        from secretboot._nearmiss import near_miss
-
-        def matters(value: str | None) -> bool:
-            return value is not None and (is_reference(value) or near_miss(value) is not None)
-
-        return [
-            n
-            for n in names
-            if n.startswith(_SKIPPED_PREFIXES) or n in kms_vars or matters(then.get(n)) or matters(now.get(n))
-        ]
-
-
-def _describe(error: BaseException) -> str:
-    """A failure in words that hold no value: variables and reasons, or the error's class."""
-    if isinstance(error, BootstrapError):
-        return ", ".join(f"{f.variable} ({f.reason})" for f in error.failures)
-    if isinstance(error, SecretbootError):
-        return str(error)  # ConfigurationError and the like name settings and paths, never values
-    return f"(an unexpected {type(error).__name__})"
-
-
-def _start(
-    refresh: bool,
-    environ: Mapping[str, str] | None,
-    env_file: str | os.PathLike[str] | None,
-    export: bool | None,
-) -> Keyring:
-    """Join a pending prefetch if there is one, else resolve. Called with ``_state.lock`` held."""
-    job = _state.prefetch
-    if job is not None and refresh:
-        _drop_prefetch()  # refresh asks for a resolution that starts now
-        job = None
-    if job is None:
-        return _boot(environ, env_file, export)
-    differ = job.mismatch(environ, env_file, export)
-    if differ:
-        raise ConfigurationError(
-            f"bootstrap() was given another {', '.join(differ)} than prefetch(); give both the same "
-            "options (environ: the same mapping), or call reset() first to drop the prefetch"
-        )
-    _state.prefetch = None
-    waiting = time.perf_counter()
-    job.done.wait()
-    waited_ms = (time.perf_counter() - waiting) * 1000
-    changed = job.changed()
-    if changed:
-        _logger().warning(
-            "%s changed since prefetch(); resolving again (set them before prefetch())", ", ".join(changed)
-        )
-        return _boot(environ, env_file, export)
-    if job.error is not None:
-        raise job.error
-    assert job.found is not None
-    return _apply(job.found, job.options, waited_ms)
-
-
-def _drop_prefetch() -> None:
-    """Forget the pending prefetch; its thread finishes on its own and its result is dropped."""
-    job, _state.prefetch = _state.prefetch, None
-    if job is not None:
-        job.dropped = True
-
-
-_guarded: set[str] = set()
-
-
-def _guard_prefetch(view: Mapping[str, str]) -> None:
-    """Once per process, on the caller's thread: a child never inherits a pending prefetch
-    (its thread is not forked), and a SnapStart snapshot never holds an unjoined one's plaintext."""
-    if "fork" not in _guarded and hasattr(os, "register_at_fork"):
-        _guarded.add("fork")
-        os.register_at_fork(after_in_child=_forget_in_child)
-    if "snapshot" in _guarded or view.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "snap-start":
-        return
-    if view.get("SECRETBOOT_SNAPSTART", "").strip().lower() == "keep":
-        return  # the plaintext may be in the snapshot: the joined keyring's would be too
-    try:
-        from snapshot_restore_py import register_before_snapshot
-    except ImportError:
-        return
-    _guarded.add("snapshot")
-    register_before_snapshot(_prefetch_before_snapshot)
-
-
-def _forget_in_child() -> None:
-    # Only the forking thread exists in the child: the prefetch thread is gone, and the
-    # child resolves for itself when it joins. No lock: none is needed with one thread.
-    if _state.prefetch is not None:
-        _state.prefetch.dropped = True
-        _state.prefetch = None
-
-
-def _prefetch_before_snapshot(timeout: float = 8.0) -> None:
-    """A prefetch never joined during INIT: wait for it, drop its result, say so."""
-    with _state.lock:
-        job = _state.prefetch
-        if job is None:
-            return
-        _drop_prefetch()
-    job.done.wait(timeout)
-    job.found = None
-    _logger().warning(
-        "prefetch() was never joined before the SnapStart snapshot: its result was dropped, "
-        "and the first bootstrap() or getenv() after restore resolves again"
-    )
+    _lifecycle.prefetch(_lifecycle.Options(environ, env_file, export))
 
 
 def getenv(name: str, default: str | None = None) -> str | None:
@@ -318,501 +88,62 @@ def getenv(name: str, default: str | None = None) -> str | None:
 
     Bootstraps first if nothing has been booted yet. A variable that holds a
     reference the keyring does not have (set after bootstrap) raises
-    ``BootstrapError`` rather than handing out ciphertext or a reference.
+    ``BootstrapError`` rather than handing out ciphertext or a reference; a value
+    past its stale bound raises ``StaleError``.
     """
-    found = contained(_lookup, name)
+    found = contained(_lifecycle.lookup, name)
     if isinstance(found, SecretbootError):
         raise found
     return default if found is None else found
 
 
-def _lookup(name: str) -> str | None:
-    with _state.lock:
-        keyring = _state.keyring
-        if keyring is None:
-            job = _state.prefetch  # joined with its own options
-            environ, env_file, export = job.options if job is not None else (None, None, None)
-            keyring = bootstrap(environ=environ, env_file=env_file, export=export)
-        if name in keyring:
-            return keyring[name]
-        value = _state.environ.get(name)
-        if value is None:
-            value = _state.file_values.get(name)
-        kms_vars = _state.kms_vars
-    if value is not None and (
-        name in kms_vars or (not name.startswith(_SKIPPED_PREFIXES) and is_reference(value))
-    ):
-        detail = "set after bootstrap(); call bootstrap(refresh=True)"
-        raise BootstrapError([Failure(name, "reference", "-", "NotResolved", detail)])
-    return value
+def refresh_now(names: Iterable[str] | None = None) -> frozenset[str]:
+    """Resolve ``names`` (default: every reference) again now, in one batch; return the
+    names whose values changed.
 
-
-def contained(work: Callable[..., T], *args: object) -> T | SecretbootError:
-    """``work(*args)``, or the ``SecretbootError`` it raised, for the caller to raise itself.
-
-    Error reporters (Sentry by default) send the locals of every frame in a traceback,
-    and the frames that do the work hold plaintext, references and the keyring. The
-    error comes back without those frames (its own and those of every error chained
-    to it), so the public function raises it from a frame that holds none of that::
-
-        result = contained(_work, name)
-        if isinstance(result, SecretbootError):
-            raise result
+    For "authentication failed: fetch the new password and retry once". Paced per name:
+    a name resolved less than ``SECRETBOOT_REFRESH_MIN_INTERVAL`` seconds ago (10 by
+    default; by any resolution, failed or not) is skipped, so a flood of failed logins
+    cannot become a flood of AWS calls. Names that hold no reference are ignored. On any
+    failure nothing changes and ``BootstrapError`` is raised. Calls the ``on_refresh``
+    callbacks when it resolved something. Before ``bootstrap()``: ``SecretbootError``.
     """
-    try:
-        return work(*args)
-    except SecretbootError as exc:
-        error = exc
-    pending: list[BaseException | None] = [error]
-    seen: set[int] = set()
-    while pending:
-        item = pending.pop()
-        if item is not None and id(item) not in seen:
-            seen.add(id(item))
-            item.__traceback__ = None
-            pending += [item.__cause__, item.__context__]
-    return error
+    changed = contained(_lifecycle.refresh_now, names)
+    if isinstance(changed, SecretbootError):
+        raise changed
+    return changed
 
 
-def reset() -> None:
-    """Forget the keyring (and a pending ``prefetch()``) and undo what ``export`` wrote."""
-    with _state.lock:
-        _drop_prefetch()
-        _restore_environ()
-        _state.keyring = None
-        _state.environ = os.environ
-        _state.file_values = {}
-        _state.kms_vars = frozenset()
+def on_refresh(callback: Callable[[Keyring, frozenset[str]], object]) -> Callable[[], None]:
+    """Call ``callback(keyring, changed)`` after every successful refresh; returns the
+    function that unregisters it.
 
-
-def _boot(
-    environ: Mapping[str, str] | None,
-    env_file: str | os.PathLike[str] | None,
-    export: bool | None,
-) -> Keyring:
-    base = os.environ if environ is None else environ
-    return _apply(_gather(base, _unexported_view(base), env_file, export), (environ, env_file, export))
-
-
-class _Gathered:
-    """What a resolution found, before anything is applied. Holds plaintext: never logged."""
-
-    __slots__ = (
-        "base",
-        "do_export",
-        "elapsed_ms",
-        "failures",
-        "file_values",
-        "kms_vars",
-        "merged",
-        "outcome",
-        "refs",
-        "snapstart",
-    )
-
-    def __init__(self, **fields: object) -> None:
-        for name, value in fields.items():
-            setattr(self, name, value)
-
-    base: Mapping[str, str]
-    do_export: bool
-    elapsed_ms: float
-    failures: list[Failure]
-    file_values: dict[str, str]
-    kms_vars: frozenset[str]
-    merged: dict[str, str]
-    outcome: Outcome
-    refs: dict[str, Reference]
-    snapstart: str | None
-
-
-def _gather(
-    base: Mapping[str, str],
-    view: dict[str, str],
-    env_file: str | os.PathLike[str] | None,
-    export: bool | None,
-    expand_env: Mapping[str, str] | None = None,
-) -> _Gathered:
-    """Read, check and resolve; change nothing (safe on a background thread: no ``_state`` write).
-
-    ``view`` is ``base`` as read (``_unexported_view``); ``expand_env`` what an env file's
-    ``${VAR}`` expands against (``os.environ`` when ``None``).
+    Refreshes are: by age (``max_age``), ``refresh_now()``, ``bootstrap(refresh=True)`` and
+    a SnapStart restore (which reports every name: the values were dropped before the
+    snapshot). ``changed`` holds the names whose values changed, and may be empty. Called
+    on the thread that refreshed, with no lock held; an exception in a callback is logged
+    (its type only) and stops neither the refresh nor the other callbacks.
     """
-    started = time.perf_counter()
-    path = env_file if env_file is not None else view.get(s.ENV_FILE) or None
-    file_values = _read_env_file(path, expand_env) if path is not None else {}
-    merged = {**file_values, **view}
-    # Every setting is read, and may fail, before any request is made.
-    kms_vars = s.kms_vars(merged)
-    do_export = s.flag(merged, s.EXPORT, export)
-    settings = s.Settings(merged)
-    snapstart = None
-    if merged.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
-        from secretboot import _snapstart
-
-        snapstart = _snapstart.policy(merged)
-
-    refs, failures = scan(merged, kms_vars)
-    misses = near_misses(merged, kms_vars, refs)
-    if settings.strict:
-        failures.extend(misses)
-    elif misses:
-        for miss in misses:
-            _logger().warning(
-                "%s %s; it is used as plain text (%s=true makes this fail start-up)",
-                miss.variable,
-                miss.detail,
-                s.STRICT,
-            )
-    from secretboot._resolve import resolve
-    from secretboot._transport import Deadline
-
-    deadline = Deadline(settings.timeout)
-    if failures:
-        deadline.decide()  # this start fails closed already: requests are made once, never retried
-    outcome = resolve(refs, settings, deadline=deadline)
-    failures.extend(outcome.failures)
-    return _Gathered(
-        base=base,
-        do_export=do_export,
-        elapsed_ms=(time.perf_counter() - started) * 1000,
-        failures=failures,
-        file_values=file_values,
-        kms_vars=kms_vars,
-        merged=merged,
-        outcome=outcome,
-        refs=refs,
-        snapstart=snapstart,
-    )
+    return _lifecycle.on_refresh(callback)
 
 
-def _apply(
-    found: _Gathered,
-    options: tuple[Mapping[str, str] | None, str | os.PathLike[str] | None, bool | None],
-    waited_ms: float | None = None,
-) -> Keyring:
-    """Fail closed on any failure, else export and install the keyring: on the caller's thread."""
-    outcome, refs = found.outcome, found.refs
-    exports = _exports(found.file_values, outcome.values, found.kms_vars) if found.do_export else {}
-    failures = [*found.failures, *_unexportable(exports, refs)]
-    calls = sum(outcome.calls.values())
-    if failures:
-        error = BootstrapError(failures)
-        _logger().warning(
-            "could not resolve %s after %s and %s%s in %.0f ms",
-            ", ".join(error.variables),
-            _many(calls, "API call", "API calls"),
-            _many(outcome.retries, "retry", "retries"),
-            _paused(outcome),
-            found.elapsed_ms,
-        )
-        raise error from None
-    if found.do_export:
-        refused = _export(exports, refs)
-        if refused is not None:
-            _logger().warning("could not export %s: os.environ refused it", ", ".join(refused.variables))
-            raise refused
-
-    keyring = _state.keyring
-    if keyring is None:
-        keyring = Keyring(outcome.values, refs, outcome.binary)
-    else:
-        keyring._replace(outcome.values, refs, outcome.binary)
-    _state.keyring = keyring
-    _state.options = options
-    if found.snapstart is not None:
-        from secretboot import _snapstart
-
-        _snapstart.register(found.snapstart)
-    _state.environ = found.base
-    _state.file_values = found.file_values
-    _state.kms_vars = found.kms_vars
-    if "logging" not in sys.modules:
-        # logging was never imported, so no handler exists to show the line:
-        # skip the import on the cold-start path.
-        return keyring
-    kinds = Counter(ref.kind for ref in refs.values())
-    joined = "" if waited_ms is None else f" (prefetched; the join waited {waited_ms:.0f} ms)"
-    _logger().info(
-        "resolved %s (%s) with %s (%s) and %s%s%s in %.0f ms%s",
-        _many(len(keyring), "secret", "secrets"),
-        _counts(kinds),
-        _many(calls, "API call", "API calls"),
-        _counts(outcome.calls),
-        _many(outcome.retries, "retry", "retries"),
-        _paused(outcome),
-        f" via {outcome.transport}" if outcome.transport else "",
-        found.elapsed_ms,
-        joined,
-    )
-    return keyring
-
-
-def _many(count: int, one: str, many: str) -> str:
-    return f"{count} {one if count == 1 else many}"
-
-
-def _paused(outcome: Outcome) -> str:
-    """How long retries held the start back: the longest one request spent paused."""
-    if not outcome.waited:
-        return ""
-    return f" (one request paused {outcome.waited * 1000:.0f} ms at most)"
-
-
-def read_environment(
-    environ: Mapping[str, str] | None, env_file: str | os.PathLike[str] | None
-) -> tuple[Mapping[str, str], dict[str, str], dict[str, str]]:
-    """(the environment read, the env file's values, both merged with the environment winning)."""
-    base = os.environ if environ is None else environ
-    view = _unexported_view(base)
-    path = env_file if env_file is not None else view.get(s.ENV_FILE) or None
-    file_values = _read_env_file(path) if path is not None else {}
-    return base, file_values, {**file_values, **view}
-
-
-def scan(env: Mapping[str, str], kms_vars: frozenset[str]) -> tuple[dict[str, Reference], list[Failure]]:
-    """Parse every reference in ``env``; malformed or disallowed ones become failures."""
-    refs: dict[str, Reference] = {}
-    failures = [
-        Failure(name, "kms", "-", "Missing", f"listed in {s.KMS_VARS} but not set")
-        for name in sorted(kms_vars - env.keys())
-    ]
-    for name, value in env.items():
-        try:
-            if name in kms_vars:
-                refs[name] = parse_kms(value, variable=name)
-            elif not name.startswith(_SKIPPED_PREFIXES) and is_reference(value):
-                ref = parse_reference(value, variable=name)
-                if ref is not None:
-                    refs[name] = ref
-        except ReferenceSyntaxError as exc:
-            failures.append(Failure(name, exc.kind, "-", "Malformed", exc.reason))
-    allowlists = {
-        "ssm": (s.SSM_PATHS, s.allowlist(env, s.SSM_PATHS)),
-        "secretsmanager": (s.SECRETS_MANAGER_PATHS, s.allowlist(env, s.SECRETS_MANAGER_PATHS)),
-    }
-    for name, ref in list(refs.items()):
-        setting, entries = allowlists.get(ref.kind, ("", None))
-        if entries is not None and not any(s.allowed(n, entries) for n in _names(ref)):
-            del refs[name]
-            failures.append(Failure(name, ref.kind, ref.target, NOT_ALLOWED, f"outside {setting}"))
-    return refs, failures
-
-
-NEAR_MISS = "NearMiss"
-
-
-def near_misses(
-    env: Mapping[str, str], kms_vars: frozenset[str], refs: Mapping[str, Reference]
-) -> list[Failure]:
-    """Plain values that look like a misspelt reference (``smm:/app/x``), one failure each.
-
-    Without this, the application starts with the literal string as its secret. The
-    detail quotes at most the prefix typed, never the rest of the value.
-    """
-    from secretboot._nearmiss import near_miss
-
-    found = []
-    for name, value in env.items():
-        if name in refs or name in kms_vars or name.startswith(_SKIPPED_PREFIXES):
-            continue
-        reason = near_miss(value)
-        if reason is not None:
-            found.append(Failure(name, "plain", "-", NEAR_MISS, reason))
-    return found
-
-
-def _names(ref: Reference) -> tuple[str, ...]:
-    """What an allowlist is checked against: the parameter's or the secret's name."""
-    if isinstance(ref, SsmReference):
-        return (ref.parameter_name,)
-    if isinstance(ref, SecretsManagerReference):
-        return ref.names()
-    return ()
-
-
-def _read_env_file(
-    path: str | os.PathLike[str], expand_env: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    if not os.path.isfile(path):
-        raise ConfigurationError(f"env file {os.fspath(path)!r} does not exist")
-    import io
-
-    from dotenv.main import with_warn_for_invalid_lines
-    from dotenv.parser import parse_stream
-
-    text, reason = None, ""
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = type(exc).__name__
-    # Raised outside the except block: a UnicodeDecodeError holds the file's bytes,
-    # and even "from None" would keep it as the new error's __context__.
-    if text is None:
-        raise ConfigurationError(f"env file {os.fspath(path)!r} cannot be read ({reason})")
-    # python-dotenv lets the last of two lines setting a name win, silently: for a
-    # secret that is one edit away from shipping the wrong value. Refuse it.
-    bindings = [b for b in with_warn_for_invalid_lines(parse_stream(io.StringIO(text))) if b.key is not None]
-    twice = sorted(key for key, count in Counter(b.key for b in bindings if b.key).items() if count > 1)
-    if twice:
-        raise ConfigurationError(f"env file {os.fspath(path)!r} sets {', '.join(twice)} more than once")
-    values = _expand(bindings, os.environ if expand_env is None else expand_env)
-    # A reference built with ${VAR} expansion would carry another variable's value into
-    # its name, which errors, logs and AWS requests show: refuse it.
-    raw = {b.key: b.value or "" for b in bindings if b.key is not None}
-    built = sorted(
-        k for k, v in raw.items() if "$" in v and values.get(k) != v and is_reference(values.get(k) or "")
-    )
-    if built:
-        raise ConfigurationError(
-            f"env file {os.fspath(path)!r}: {', '.join(built)} would become a reference through "
-            "${VAR} expansion; write references out in full"
-        )
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _expand(bindings: Iterable[Binding], environ: Mapping[str, str]) -> dict[str, str | None]:
-    """Values with ``${VAR}`` expanded, as python-dotenv's ``dotenv_values`` does, in one pass.
-
-    ``dotenv_values`` copies ``os.environ`` and every value before a line for each line
-    (quadratic: 20,000 lines took seconds). One mapping that grows line by line gives
-    each line the same view: the environment, overridden by the file's earlier lines.
-    """
-    from dotenv.variables import parse_variables
-
-    env: dict[str, str | None] = dict(environ)
-    values: dict[str, str | None] = {}
-    for binding in bindings:
-        if binding.key is None:
-            continue  # a comment, a blank line or a line that does not parse
-        value = binding.value
-        if value is not None:
-            value = "".join(atom.resolve(env) for atom in parse_variables(value))
-        env[binding.key] = values[binding.key] = value
-    return values
-
-
-def _unexported_view(base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` as it was before our own export, so a refresh sees references again."""
-    view = dict(base)
-    if base is os.environ:
-        for name, (before, written) in _state.exported.items():
-            if view.get(name) != written:
-                continue  # changed since we wrote it: theirs now
-            if before is None:
-                del view[name]
-            else:
-                view[name] = before
-    return view
-
-
-def _exports(
-    file_values: Mapping[str, str], resolved: Mapping[str, str], kms_vars: frozenset[str]
-) -> dict[str, str]:
-    """What export writes: every resolved value, and the file's values the environment lacks."""
-    environment = _unexported_view(os.environ)
-    exports = {k: v for k, v in file_values.items() if k not in environment}
-    exports.update(resolved)
-    # A child inherits SECRETBOOT_KMS_VARS too, and would take the plaintext now in those
-    # variables for ciphertext and decrypt it again: it lists only what was not exported.
-    if kms_vars & exports.keys():
-        exports[s.KMS_VARS] = ",".join(sorted(kms_vars - exports.keys()))
-    return exports
-
-
-def _unexportable(exports: Mapping[str, str], refs: Mapping[str, Reference]) -> list[Failure]:
-    """Names and values no environment variable can hold, checked before anything is written."""
-    failures = []
-    for name, value in exports.items():
-        reason = _export_problem(name, value)
-        if reason:
-            failures.append(_export_failure(name, refs, reason))
-    return failures
-
-
-def _export_problem(name: str, value: str) -> str:
-    if not name:
-        return "has an empty name, which an environment variable cannot"
-    if "=" in name or "\x00" in name:
-        return "its name holds '=' or a NUL character, which an environment variable's cannot"
-    if "\x00" in value:
-        return "holds a NUL character, which an environment variable cannot"
-    for text in (name, value):
-        try:
-            os.fsencode(text)
-        except UnicodeError:
-            # Not raised: the error holds the text.
-            return "cannot be encoded for the environment"
-    return ""
-
-
-def _export_failure(name: str, refs: Mapping[str, Reference], reason: str) -> Failure:
-    ref = refs.get(name)
-    # What follows an '=' (or a NUL) in a name may be a value, from a line like 'A=secret'=1.
-    head = name.split("=", 1)[0].split("\x00", 1)[0]
-    shown = (head or "(empty name)") + ("..." if head != name else "")
-    return Failure(shown, ref.kind if ref else "plain", ref.target if ref else "-", "NotExportable", reason)
-
-
-def _export(exports: Mapping[str, str], refs: Mapping[str, Reference]) -> BootstrapError | None:
-    """Write ``exports`` into ``os.environ``, all or nothing; restore what is exported no more.
-
-    A refresh writes the new plaintext straight over the old: ``os.environ`` never holds
-    a reference again in between, for another thread to read. If the OS refuses a write
-    (everything was checked before), every write is undone and the error returned.
-    """
-    previous = _state.exported
-    exported: dict[str, tuple[str | None, str]] = {}
-    undo: list[tuple[str, str | None]] = []
-    refused = ""
-    for name, value in exports.items():
-        current = os.environ.get(name)
-        try:
-            os.environ[name] = value
-        except (ValueError, OSError):
-            refused = name
-            break
-        undo.append((name, current))
-        ours = name in previous and previous[name][1] == current
-        exported[name] = (previous[name][0] if ours else current, value)
-    if refused:
-        # Built outside the except block: the caught error may hold the value.
-        for name, current in reversed(undo):
-            _put(name, current)
-        return BootstrapError([_export_failure(refused, refs, "os.environ refused it")])
-    for name, (before, written) in previous.items():
-        if name not in exported and os.environ.get(name) == written:
-            _put(name, before)
-    _state.exported = exported
-    return None
-
-
-def _restore_environ() -> None:
-    for name, (before, written) in _state.exported.items():
-        if os.environ.get(name) == written:
-            _put(name, before)
-    _state.exported = {}
-
-
-def _put(name: str, value: str | None) -> None:
-    """Set or (for None) remove ``name`` in ``os.environ``."""
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
-def _counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
-
-
-def _logger() -> logging.Logger:
-    import logging
-
-    logger = logging.getLogger(LOGGER_NAME)
-    if not logger.handlers:
-        # A library's logger: silent unless the application configures logging
-        # (else Python's last-resort handler prints warnings to stderr).
-        logger.addHandler(logging.NullHandler())
-    return logger
+__all__ = [
+    "LOGGER_NAME",
+    "NEAR_MISS",
+    "NOT_ALLOWED",
+    "_Prefetch",
+    "_prefetch_before_snapshot",
+    "_read_env_file",
+    "_restore_environ",
+    "_state",
+    "bootstrap",
+    "contained",
+    "getenv",
+    "near_misses",
+    "on_refresh",
+    "prefetch",
+    "read_environment",
+    "refresh_now",
+    "reset",
+    "scan",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from types import MappingProxyType
 
+from secretboot._errors import SecretbootError
 from secretboot._reference import Reference
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -12,6 +13,20 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from cryptography.fernet import Fernet, MultiFernet
+
+
+class StaleError(SecretbootError):
+    """A value is past ``SECRETBOOT_MAX_AGE`` + ``SECRETBOOT_MAX_STALE`` and no refresh has
+    succeeded: it is no longer served. Names the variable, never a value."""
+
+    __module__ = "secretboot"  # tracebacks say secretboot.StaleError, the public name
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+        super().__init__(
+            f"{variable} is stale: refreshing it has failed for longer than SECRETBOOT_MAX_STALE "
+            "allows past SECRETBOOT_MAX_AGE; it is served again after the next successful refresh"
+        )
 
 
 class Keyring(Mapping[str, str]):
@@ -49,9 +64,14 @@ class Keyring(Mapping[str, str]):
             raise ValueError("values and references must name the same variables")
         self._contents = _Contents(dict(values), MappingProxyType(dict(references)), dict(binary or {}))
 
-    def _drop_values(self) -> None:
-        """Forget the plaintext, keep the references (before a SnapStart snapshot)."""
-        self._contents = _Contents({}, self._contents.references, {})
+    def _drop_values(self, *, stale: bool = False) -> None:
+        """Forget the plaintext, keep the references (before a SnapStart snapshot; with
+        ``stale``, past the stale bound: reading a name then raises ``StaleError``)."""
+        self._contents = _Contents({}, self._contents.references, {}, stale=stale)
+
+    @property
+    def _stale(self) -> bool:
+        return self._contents.stale
 
     @property
     def _values(self) -> dict[str, str]:
@@ -74,15 +94,18 @@ class Keyring(Mapping[str, str]):
             return raw
         if name in contents.values:
             return contents.values[name].encode("utf-8")
+        stale = contents.stale and name in contents.references
         del self, contents  # error reporters capture frame locals
-        raise KeyError(name)
+        raise StaleError(name) if stale else KeyError(name)
 
     def __getitem__(self, name: str) -> str:
-        values = self._contents.values
-        if name in values:
-            return values[name]
-        del self, values  # error reporters capture frame locals
-        raise KeyError(name)
+        contents = self._contents
+        if name in contents.values:
+            return contents.values[name]
+        # Not a KeyError: Mapping.get() would turn a stale value into its default, silently.
+        stale = contents.stale and name in contents.references
+        del self, contents  # error reporters capture frame locals
+        raise StaleError(name) if stale else KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._contents.values)
@@ -205,14 +228,20 @@ class _Values(_View, ValuesView[str]):
 
 
 class _Contents:
-    __slots__ = ("binary", "references", "values")
+    __slots__ = ("binary", "references", "stale", "values")
 
     def __init__(
-        self, values: dict[str, str], references: Mapping[str, Reference], binary: dict[str, bytes]
+        self,
+        values: dict[str, str],
+        references: Mapping[str, Reference],
+        binary: dict[str, bytes],
+        *,
+        stale: bool = False,
     ) -> None:
         self.values = values
         self.references = references
         self.binary = binary  # variable -> plaintext bytes, for SECRETBOOT_BINARY_VARS
+        self.stale = stale  # values dropped past the stale bound: reads raise StaleError
 
     def __repr__(self) -> str:
         return f"<contents {sorted(self.values)}>"

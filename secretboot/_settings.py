@@ -32,6 +32,13 @@ TRANSPORTS = ("auto", "fast", "boto3")
 # that name); off by default, measured in docs/reliability.md.
 RETRY_MODES = ("standard", "adaptive")
 LAMBDA_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+# The refresh lifecycle (off by default: a cold start resolves once and starts no thread).
+MAX_AGE = "SECRETBOOT_MAX_AGE"  # seconds after a successful resolution before refreshing
+MAX_STALE = "SECRETBOOT_MAX_STALE"  # seconds past MAX_AGE that failed refreshes may serve values
+REFRESH_MIN_INTERVAL = "SECRETBOOT_REFRESH_MIN_INTERVAL"  # refresh_now() per name, at most this often
+MIN_MAX_AGE = 1.0
+_MAX_SECONDS = 30 * 24 * 3600.0  # 30 days
+DEFAULT_REFRESH_MIN_INTERVAL = 10.0
 
 # Encryption context keys that only secretboot may use (the sealed values' data key is
 # wrapped under one): refused in every user context. Here, not in _envelope, so that
@@ -70,6 +77,8 @@ class Settings:
         "data_key",
         "kms",
         "local_key_file",
+        "max_stale",
+        "refresh_min_interval",
         "retry_mode",
         "secrets_manager_paths",
         "strict",
@@ -105,6 +114,34 @@ class Settings:
         self.retry_mode = env.get(RETRY_MODE, "").strip().lower() or "standard"
         if self.retry_mode not in RETRY_MODES:
             raise ConfigurationError(f"{RETRY_MODE} must be one of {', '.join(RETRY_MODES)}")
+        self.max_stale = seconds(env, MAX_STALE, None, low=0.0)
+        interval = seconds(env, REFRESH_MIN_INTERVAL, DEFAULT_REFRESH_MIN_INTERVAL, low=0.0)
+        self.refresh_min_interval = DEFAULT_REFRESH_MIN_INTERVAL if interval is None else interval
+
+
+def max_age(env: Mapping[str, str], explicit: float | None) -> float | None:
+    """``bootstrap(max_age=)`` > ``SECRETBOOT_MAX_AGE`` > off (``None``)."""
+    if explicit is None:
+        return seconds(env, MAX_AGE, None, low=MIN_MAX_AGE)
+    if isinstance(explicit, bool) or not isinstance(explicit, (int, float)):
+        raise ConfigurationError("max_age must be a number of seconds or None")
+    if not MIN_MAX_AGE <= explicit <= _MAX_SECONDS:  # also refuses nan and inf
+        raise ConfigurationError(f"max_age must be between {MIN_MAX_AGE:g} and {_MAX_SECONDS:g} seconds")
+    return float(explicit)
+
+
+def seconds(env: Mapping[str, str], name: str, default: float | None, *, low: float) -> float | None:
+    """A duration setting: unset or empty gives ``default``; else ``low`` <= value <= 30 days."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not low <= value <= _MAX_SECONDS:  # also refuses nan and inf
+        raise ConfigurationError(f"{name} must be a number of seconds from {low:g} to {_MAX_SECONDS:g}")
+    return value
 
 
 def _timeout(env: Mapping[str, str]) -> float:

@@ -7,13 +7,16 @@ plaintext (and anything ``export`` wrote) is dropped just before the snapshot an
 resolved again just after each restore, within Lambda's 10-second restore budget.
 ``keep`` leaves it in the snapshot. Copies the application made itself
 (``password = secrets["DB_PASSWORD"]`` at module level) are not ours to drop.
+
+This module imports nothing above it: ``_lifecycle`` hands it, once at import, the two
+operations it triggers (``connect(drop=..., restore=...)``): dropping the plaintext, and
+resolving again with the last boot's options (which also calls the ``on_refresh`` hooks).
 """
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from secretboot._errors import ConfigurationError, SecretbootError
 
@@ -26,6 +29,16 @@ RESTORE_TIMEOUT = 8.0
 
 _registered = False
 _lock = threading.Lock()
+# The lifecycle's operations (see connect()); None until it is imported.
+_drop: Callable[[], None] | None = None
+_restore: Callable[[], None] | None = None
+
+
+def connect(*, drop: Callable[[], None], restore: Callable[[], None]) -> None:
+    """Hand this module what its hooks do: ``drop`` the plaintext (before a snapshot) and
+    ``restore`` it (resolve again after a restore, raising what ``bootstrap()`` would)."""
+    global _drop, _restore
+    _drop, _restore = drop, restore
 
 
 def policy(env: Mapping[str, str]) -> str:
@@ -54,39 +67,35 @@ def register(chosen: str) -> None:
 
 def before_snapshot() -> None:
     from secretboot import _credentials
-    from secretboot._bootstrap import _restore_environ, _state
 
     _credentials.forget()  # temporary credentials fetched at INIT stay out of the snapshot too
-
-    with _state.lock:
-        if _state.keyring is not None:
-            _state.keyring._drop_values()
-        _restore_environ()
+    if _drop is not None:
+        _drop()  # the keyring's plaintext, what export wrote, and the refresh timer
 
 
 def after_restore(timeout: float = RESTORE_TIMEOUT) -> None:
     """Resolve again with the last boot's options; fail the restore if it cannot in time."""
     from secretboot import _credentials, _retry
-    from secretboot._bootstrap import _state, bootstrap
 
     # Rate limits learnt before the snapshot belong to another process's moment, and
     # temporary credentials fetched then may have expired since: fetch them again.
     _retry.forget_limiters()
     _credentials.forget()
+    restore = _restore
+    if restore is None:
+        return  # the lifecycle was never imported: nothing was booted
     failure: list[BaseException] = []
 
-    # The options travel as the thread's arguments, not as locals of this frame, and the
-    # error comes back without the thread's frames: error reporters send the locals of every
-    # frame in a traceback, and ``environ`` may hold references and ciphertext.
-    def boot(
-        environ: Mapping[str, str] | None, env_file: str | os.PathLike[str] | None, export: bool | None
-    ) -> None:
+    # The options stay with the lifecycle, never in this frame, and the error comes back
+    # without the thread's frames: error reporters send the locals of every frame in a
+    # traceback, and ``environ`` may hold references and ciphertext.
+    def boot() -> None:
         try:
-            bootstrap(refresh=True, environ=environ, env_file=env_file, export=export)
+            restore()
         except BaseException as exc:  # reported from the hook's own thread below
             failure.append(exc.with_traceback(None))
 
-    worker = threading.Thread(target=boot, args=_state.options, name="secretboot-restore", daemon=True)
+    worker = threading.Thread(target=boot, name="secretboot-restore", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
