@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -410,3 +411,63 @@ def test_awspending_reference_fails_before_any_call_and_the_rest_is_named(
     assert not proxy.asked_for_pending()
     assert_logged_by_the_transport(caplog, aws_env)
     assert_no_leak(all_texts(info.value) + caplog.text, *CANARIES)
+
+
+# =========================================================================== refresh API (issue 17)
+
+
+def test_refresh_now_follows_awscurrent(
+    aws_env: dict[str, str],
+    sm: Any,
+    proxy: RotationProxy,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """refresh_now() while a version is pending changes nothing; once AWSCURRENT moves it
+    returns the changed names, and the hooks hear of them."""
+    sm.create_secret(Name="app/db", SecretString=doc(V0))
+    monkeypatch.setenv("SECRETBOOT_REFRESH_MIN_INTERVAL", "0")
+    env = via(
+        proxy,
+        aws_env,
+        SECRETBOOT_REFRESH_MIN_INTERVAL="0",
+        PASSWORD="secretsmanager:app/db#password",
+        USERNAME="secretsmanager:app/db#username",
+    )
+    logs: list[str] = []
+    keyring = logged(caplog, logs, lambda: secretboot.bootstrap(environ=env))
+    heard: list[frozenset[str]] = []
+    unregister = secretboot.on_refresh(lambda _ring, names: heard.append(frozenset(names)))
+    try:
+        pending = start_rotation(sm, "app/db", doc(V1))
+        assert logged(caplog, logs, secretboot.refresh_now) == frozenset()
+        assert dict(keyring) == {"PASSWORD": V0, "USERNAME": "app"}
+        finish_rotation(sm, "app/db", pending)
+        assert logged(caplog, logs, lambda: secretboot.refresh_now(["PASSWORD"])) == {"PASSWORD"}
+        assert dict(keyring) == {"PASSWORD": V1, "USERNAME": "app"}
+        assert heard and heard[-1] == {"PASSWORD"}
+    finally:
+        unregister()
+    assert not proxy.asked_for_pending()
+    assert_no_leak("".join(logs), *CANARIES)
+
+
+def test_max_age_follows_awscurrent_in_the_background(
+    aws_env: dict[str, str], sm: Any, proxy: RotationProxy
+) -> None:
+    """With max_age, background refreshes keep the old value while a version is pending and
+    pick up the new one once AWSCURRENT moves, in the same keyring."""
+    sm.create_secret(Name="app/db", SecretString=doc(V0))
+    env = via(proxy, aws_env, PASSWORD="secretsmanager:app/db#password")
+    keyring = secretboot.bootstrap(environ=env, max_age=1.0)
+    pending = start_rotation(sm, "app/db", doc(V1))
+    deadline = time.monotonic() + 10
+    while sm_counts(proxy).get(BATCH, 0) < 3 and time.monotonic() < deadline:  # two refreshes
+        time.sleep(0.05)
+    assert sm_counts(proxy).get(BATCH, 0) >= 3
+    assert keyring["PASSWORD"] == V0
+    finish_rotation(sm, "app/db", pending)
+    while keyring["PASSWORD"] != V1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keyring["PASSWORD"] == V1
+    assert not proxy.asked_for_pending()
