@@ -198,15 +198,15 @@ def test_valid_forms_parse_to_their_fields_and_canonical_string(
 
 def test_fields_of_a_full_dynamic_reference() -> None:
     ref = parse_reference(
-        f"{{{{resolve:secretsmanager:{ARN_HEAD}db-AbCdEf:SecretString:pw:AWSPENDING:{VID}}}}}"
+        f"{{{{resolve:secretsmanager:{ARN_HEAD}db-AbCdEf:SecretString:pw:AWSPREVIOUS:{VID}}}}}"
     )
     assert isinstance(ref, SecretsManagerReference)
     assert ref.secret_id == f"{ARN_HEAD}db-AbCdEf"
     assert ref.json_key == "pw"
-    assert ref.version_stage == "AWSPENDING"
+    assert ref.version_stage == "AWSPREVIOUS"
     assert ref.version_id == VID
     assert not ref.current
-    assert ref.target == f"{ARN_HEAD}db-AbCdEf#pw (stage AWSPENDING) (version {VID})"
+    assert ref.target == f"{ARN_HEAD}db-AbCdEf#pw (stage AWSPREVIOUS) (version {VID})"
 
 
 def test_equality_and_hash_follow_the_fields_not_the_spelling() -> None:
@@ -381,7 +381,7 @@ ARNS = st.builds(
     st.text(alphabet=NAME_CHARS, min_size=1, max_size=505),  # 505 + "-XXXXXX" fits in 512
     st.one_of(st.just(""), st.from_regex(r"-[A-Za-z0-9]{6}", fullmatch=True)),
 )
-STAGES = st.from_regex(r"[A-Za-z0-9_.@+=/\-]{1,40}", fullmatch=True)
+STAGES = st.from_regex(r"[A-Za-z0-9_.@+=/\-]{1,40}", fullmatch=True).filter(lambda s: s != "AWSPENDING")
 VERSION_IDS = st.from_regex(r"[A-Za-z0-9\-]{32,64}", fullmatch=True)
 KEYS = st.text(min_size=1, max_size=60)
 
@@ -793,7 +793,7 @@ def test_every_failing_variable_is_named_and_nothing_is_exported(
         "JSON_STRING": "secretsmanager:json-string#k",
         "BINARY_KEY": "secretsmanager:bin#k",
         "WRONG_ID": f"{{{{resolve:secretsmanager:good:SecretString:username::{wrong_id}}}}}",
-        "WRONG_STAGE": "{{resolve:secretsmanager:good:SecretString:username:AWSPENDING}}",
+        "WRONG_STAGE": "{{resolve:secretsmanager:good:SecretString:username:NOSUCHSTAGE}}",
         "DELETED": "secretsmanager:gone#k",
         "DELETED_PINNED": "{{resolve:secretsmanager:gone:::AWSCURRENT}}",
         "MALFORMED": "secretsmanager:bad name",
@@ -823,7 +823,7 @@ def test_every_failing_variable_is_named_and_nothing_is_exported(
     targets = {f.variable: (f.kind, f.target) for f in error.failures}
     assert targets["MISSING_KEY"] == ("secretsmanager", "good#nope")
     assert targets["WRONG_ID"] == ("secretsmanager", f"good#username (version {wrong_id})")
-    assert targets["WRONG_STAGE"] == ("secretsmanager", "good#username (stage AWSPENDING)")
+    assert targets["WRONG_STAGE"] == ("secretsmanager", "good#username (stage NOSUCHSTAGE)")
     assert targets["MALFORMED"] == ("secretsmanager", "-")
     for failure in error.failures:
         assert failure.variable in str(error)
