@@ -13,7 +13,11 @@ class SecretbootConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from secretboot.contrib.django.checks import check_settings
+        from secretboot.contrib.django import _refresh
+        from secretboot.contrib.django.checks import check_refresh, check_settings
 
-        # Not a deploy-only check: it runs on check, runserver, migrate and the test runner.
+        # Not deploy-only checks: they run on check, runserver, migrate and the test runner.
         checks.register(check_settings, checks.Tags.security)
+        checks.register(check_refresh, checks.Tags.security)
+        # SECRETBOOT_REFRESH: the settings it names follow every refresh (secretboot.on_refresh).
+        _refresh.install()

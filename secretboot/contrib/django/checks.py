@@ -23,6 +23,7 @@ from secretboot._errors import SecretbootError
 from secretboot._reference import DYNAMIC_MARK, SSM_PREFIX, is_reference
 
 ERROR_ID = "secretboot.E001"
+REFRESH_ERROR_ID = "secretboot.E002"
 WARNING_ID = "secretboot.W001"
 
 # Settings that hold secrets, searched through (a database's PASSWORD and OPTIONS, a
@@ -60,6 +61,52 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                     f"meant to hold a reference, add {WARNING_ID!r} to SILENCED_SYSTEM_CHECKS."
                 )
                 messages.append(CheckWarning(message, hint=hint, id=WARNING_ID))
+    return messages
+
+
+def check_refresh(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """``SECRETBOOT_REFRESH`` must describe the settings as they are: each follows its variable."""
+    from secretboot.contrib.django._refresh import SETTING, read_setting
+
+    follow = read_setting(getattr(settings, SETTING, None))
+    pairs: list[tuple[str, object, object]] = []
+    if follow.secret_key is not None:
+        pairs.append(("SECRET_KEY", settings.SECRET_KEY, _current(follow.secret_key)))
+    if follow.fallbacks is not None:
+        from secretboot.contrib.django import fallbacks
+
+        expected = fallbacks(*follow.fallbacks)
+        pairs.append(("SECRET_KEY_FALLBACKS", list(getattr(settings, "SECRET_KEY_FALLBACKS", [])), expected))
+    for alias, variable in sorted((follow.databases or {}).items()):
+        configured = settings.DATABASES.get(alias)
+        if not isinstance(configured, Mapping):
+            message = f"{SETTING}['DATABASES'] names the database {alias!r}, which DATABASES does not define."
+            return [*_mismatch_messages(pairs), Error(message, id=REFRESH_ERROR_ID)]
+        pairs.append((f"DATABASES[{alias!r}]['PASSWORD']", configured.get("PASSWORD"), _current(variable)))
+    return _mismatch_messages(pairs)
+
+
+def _current(variable: str) -> str | None:
+    from secretboot import getenv
+
+    return getenv(variable)
+
+
+def _mismatch_messages(pairs: Sequence[tuple[str, object, object]]) -> list[CheckMessage]:
+    """Compared whole, in constant time; messages name the setting, never a value."""
+    import hmac
+
+    messages: list[CheckMessage] = []
+    for where, actual, expected in pairs:
+        if not hmac.compare_digest(repr(actual).encode(), repr(expected).encode()):
+            messages.append(
+                Error(
+                    f"{where} does not hold the value of the variable SECRETBOOT_REFRESH names for it, "
+                    "so a refresh would replace it with something else.",
+                    hint="Read it with secretboot.getenv() from the variable SECRETBOOT_REFRESH names.",
+                    id=REFRESH_ERROR_ID,
+                )
+            )
     return messages
 
 
