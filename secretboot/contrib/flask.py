@@ -13,13 +13,16 @@
 ``init_app`` calls ``secretboot.bootstrap()`` (once per process: a second app reuses
 the keyring), puts the selected values into ``app.config`` in one update, registers
 the extension as ``app.extensions["secretboot"]`` and adds ``flask secretboot check``.
+It also registers a ``secretboot.on_refresh`` hook that writes the values a refresh
+changed into ``app.config`` (again in one update), for as long as the app exists.
 Importing this module does nothing else: see docs/flask.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -112,6 +115,7 @@ class SecretBoot:
         app.config.update({key: _value(keyring, variable) for key, variable in keys.items()})
         app.extensions[EXTENSION_NAME] = self
         app.cli.add_command(cli)
+        _follow_refreshes(app, keys)
 
     def _select(self, keyring: Keyring) -> dict[str, str]:
         """config key -> variable, all or nothing."""
@@ -147,6 +151,33 @@ class SecretBoot:
         if self._prefix is not None:
             return f"SecretBoot(prefix={self._prefix!r})"
         return "SecretBoot()"
+
+
+def _follow_refreshes(app: Flask, keys: Mapping[str, str]) -> None:
+    """After each refresh, the changed values into ``app.config``; the hook holds the app weakly.
+
+    The hook is unregistered when the app is collected; ``init_app`` on the same app again
+    replaces it (the last selection is followed).
+    """
+    keys = dict(keys)
+    ref = weakref.ref(app)
+
+    def on_refresh(keyring: Keyring, changed: frozenset[str]) -> None:
+        target = ref()
+        if target is None:
+            return
+        updates = {key: _value(keyring, variable) for key, variable in keys.items() if variable in changed}
+        if updates:
+            target.config.update(updates)  # one update: a request sees all new values or none
+
+    previous = _hooks.pop(app, None)
+    if previous is not None:
+        previous()  # unregisters the hook of an earlier init_app
+    _hooks[app] = weakref.finalize(app, secretboot.on_refresh(on_refresh))
+
+
+# app -> the finalizer that unregisters its hook (when called, or when the app is collected).
+_hooks: weakref.WeakKeyDictionary[Flask, weakref.finalize[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 def _check_names(names: Iterable[str]) -> tuple[str, ...]:
