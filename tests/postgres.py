@@ -115,10 +115,6 @@ class Postgres:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
-    def auth_failures(self, role: str) -> int:
-        """Failed password logins for ``role`` in the server log (lc_messages is C)."""
-        return self.log().count(f'password authentication failed for user "{role}"')
-
 
 def _run_as() -> dict[str, Any]:
     """subprocess options that drop root for PostgreSQL, which refuses to run as root."""
