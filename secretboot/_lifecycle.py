@@ -365,7 +365,8 @@ def lookup(name: str) -> str | None:
         # frozen with the process, say) does it itself.
         _mark_stale(refresher)
     with _state.lock:
-        keyring = _state.keyring or keyring
+        if _state.keyring is not None:  # not ``or``: an empty keyring is falsy
+            keyring = _state.keyring
         if name in keyring:
             return keyring[name]
         stale = keyring._stale and name in keyring.references
