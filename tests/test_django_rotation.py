@@ -483,3 +483,68 @@ def test_check_refuses_a_declaration_that_does_not_match_the_setting(moto_endpoi
         check=False,
     )
     assert (done.returncode, "E002" in done.stderr) == (0, False), done.stderr
+
+
+_REFUSED = """
+import json, os, sys
+import django
+from django.conf import settings
+settings.configure(
+    DATABASES={"default": {
+        "ENGINE": "secretboot.contrib.django.postgresql", "HOST": os.environ["DB_HOST"],
+        "PORT": os.environ["DB_PORT"], "NAME": "app", "USER": "app", "PASSWORD": os.environ["WRONG"],
+    }},
+    SECRETBOOT_REFRESH={"DATABASES": {"default": "DB_PASSWORD"}},
+)
+django.setup()
+from django.db import OperationalError, connection
+try:
+    connection.ensure_connection()
+except OperationalError as exc:
+    cause = exc.__cause__
+    print(json.dumps({"pgconn": repr(getattr(cause, "pgconn", None)), "cause": type(cause).__name__}))
+"""
+
+
+def test_a_refused_login_leaves_no_password_on_the_error(rotation: Rotation, moto_endpoint: str) -> None:
+    """psycopg keeps the refused connection, password included, on its error: the backend drops it."""
+    wrong = secrets.token_urlsafe(24)
+    env = _env(rotation.pg, moto_endpoint, "0", WRONG=wrong)
+    done = subprocess.run(
+        [sys.executable, "-c", _REFUSED], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"pgconn": "None", "cause": "OperationalError"}
+    assert "refreshing it failed: SecretbootError" in done.stderr  # never booted: nothing to refresh
+    assert wrong not in done.stdout + done.stderr
+
+
+def test_the_docs_settings_declare_what_the_tested_settings_declare() -> None:
+    import ast
+
+    from secretboot.contrib.django._refresh import read_setting
+
+    docs = (ROOT / "docs" / "django.md").read_text()
+    block = docs.split("<!-- django-refresh -->\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    tree = ast.parse(block)
+    assigned = {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    declared = ast.literal_eval(assigned["SECRETBOOT_REFRESH"])
+    assert read_setting(declared) == read_setting(
+        {
+            "SECRET_KEY": "SECRET_KEY",
+            "SECRET_KEY_FALLBACKS": ["SECRET_KEY_FALLBACK"],
+            "DATABASES": {"default": "DB_PASSWORD"},
+        }
+    )
+    assert '"ENGINE": "secretboot.contrib.django.postgresql"' in block
+    settings = (PROJECT / "demo" / "settings_refresh.py").read_text()
+    assert '"SECRET_KEY_FALLBACKS": ["SECRET_KEY_FALLBACK"],' in settings
+    assert '"DATABASES": {"default": "DB_PASSWORD"},' in settings
+    assert (
+        '"ENGINE": "secretboot.contrib.django.postgresql"'
+        in (PROJECT / "demo" / "settings_postgres.py").read_text()
+    )
