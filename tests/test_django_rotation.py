@@ -147,6 +147,7 @@ class Server:
             f"127.0.0.1:{self.port}",
         ]
         command += ["--workers", str(workers), "--timeout", "30", "--graceful-timeout", "2"]
+        command += ["--no-control-socket"]  # else a socket in ~/.gunicorn, shared by every server
         command += ["--preload"] if preload else []
         with self.output.open("wb") as sink:
             self.process = subprocess.Popen(
