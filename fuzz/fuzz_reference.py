@@ -21,7 +21,7 @@ except ImportError:  # run as a script: fuzz/ is sys.path[0]
 
 from secretboot import ConfigurationError
 from secretboot import _settings as s
-from secretboot._bootstrap import scan
+from secretboot._environment import scan
 
 VARIABLES = ("HOSTILE", "", "AWS_HOSTILE", "SECRETBOOT_HOSTILE", "DB_PASSWORD")
 ALLOWLISTS = ("", "/app/prod", "/app/prod/", "app/prod, /other", ",", " ", "/", "arn:aws:ssm", "${A}")

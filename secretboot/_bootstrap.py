@@ -17,18 +17,13 @@ from secretboot._keyring import Keyring
 # Kept importable from here: the CLI's check, the integrations and the tests use them.
 from secretboot._lifecycle import (
     LOGGER_NAME,
-    NEAR_MISS,
-    NOT_ALLOWED,
     _Prefetch,
     _prefetch_before_snapshot,
-    _read_env_file,
     _restore_environ,
     _state,
     contained,
-    near_misses,
     read_environment,
     reset,
-    scan,
 )
 
 
@@ -129,21 +124,16 @@ def on_refresh(callback: Callable[[Keyring, frozenset[str]], object]) -> Callabl
 
 __all__ = [
     "LOGGER_NAME",
-    "NEAR_MISS",
-    "NOT_ALLOWED",
     "_Prefetch",
     "_prefetch_before_snapshot",
-    "_read_env_file",
     "_restore_environ",
     "_state",
     "bootstrap",
     "contained",
     "getenv",
-    "near_misses",
     "on_refresh",
     "prefetch",
     "read_environment",
     "refresh_now",
     "reset",
-    "scan",
 ]

@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 
 from secretboot import _settings as s
-from secretboot._bootstrap import near_misses, read_environment, scan
+from secretboot._environment import near_misses, scan
+from secretboot._lifecycle import read_environment
 from secretboot._outcome import Outcome
 from secretboot._reference import KmsReference, Reference
 

@@ -554,7 +554,7 @@ class TestEnvFile:
     def test_values_are_python_dotenvs(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         from dotenv import dotenv_values
 
-        from secretboot._bootstrap import _read_env_file
+        from secretboot._environment import _read_env_file
 
         monkeypatch.setenv("FROM_ENVIRONMENT", "env-value")
         monkeypatch.setenv("OVERRIDDEN", "by-environment")
@@ -590,7 +590,7 @@ class TestEnvFile:
         """
         import time
 
-        from secretboot._bootstrap import _read_env_file
+        from secretboot._environment import _read_env_file
 
         def cost(lines: int) -> float:
             dotenv = tmp_path / f"{lines}.env"

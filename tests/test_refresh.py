@@ -525,6 +525,9 @@ def test_the_lifecycle_modules_import_downward_only() -> None:
     assert not _imports("_snapstart") & {"_bootstrap", "_lifecycle", "_refresh"}
     assert "_bootstrap" not in _imports("_lifecycle")
     assert not _imports("_keyring") & {"_bootstrap", "_lifecycle", "_refresh", "_snapstart"}
+    # Reading the environment is pure: the checks use it without the stateful modules.
+    assert not _imports("_environment") & {"_bootstrap", "_lifecycle", "_refresh", "_snapstart", "_keyring"}
+    assert "_bootstrap" not in _imports("_check") and "_bootstrap" not in _imports("contrib/django/checks")
 
 
 def test_a_plain_cold_start_loads_no_refresh_code_and_starts_no_thread() -> None:

@@ -18,14 +18,14 @@ from typing import Any
 
 from _fleet import digest, emit, wait_for_start
 
-from secretboot import _bootstrap, _settings
+from secretboot import _environment, _settings
 from secretboot._resolve import MAX_WORKERS, RESOLVERS, resolve
 from secretboot._retry import RetryPolicy
 from secretboot._transport import Deadline
 
 environ = dict(os.environ)
 settings = _settings.Settings(environ)
-refs, failures = _bootstrap.scan(environ, _settings.kms_vars(environ))
+refs, failures = _environment.scan(environ, _settings.kms_vars(environ))
 services = sorted({service for ref in refs.values() for service in RESOLVERS[ref.kind][0](settings)})
 # FLEET_ADAPTIVE=1: the transport with its (opt-in) client-side rate limiter per service.
 adaptive = environ.get("FLEET_ADAPTIVE") == "1"

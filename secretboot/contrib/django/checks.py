@@ -18,8 +18,9 @@ from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
 
 from secretboot import _settings as s
-from secretboot._bootstrap import read_environment, scan
+from secretboot._environment import scan
 from secretboot._errors import SecretbootError
+from secretboot._lifecycle import read_environment
 from secretboot._reference import DYNAMIC_MARK, SSM_PREFIX, is_reference
 
 ERROR_ID = "secretboot.E001"
