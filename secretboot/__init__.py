@@ -16,8 +16,9 @@ from secretboot._errors import (
     Failure,
     ReferenceSyntaxError,
     SecretbootError,
+    StaleError,
 )
-from secretboot._keyring import Keyring, StaleError
+from secretboot._keyring import Keyring
 from secretboot._reference import (
     KmsReference,
     SealedReference,

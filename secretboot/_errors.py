@@ -45,6 +45,20 @@ class ReferenceSyntaxError(SecretbootError, ValueError):
         super().__init__(f"{where}malformed reference: {reason}")
 
 
+class StaleError(SecretbootError):
+    """A value is past ``SECRETBOOT_MAX_AGE`` + ``SECRETBOOT_MAX_STALE`` and no refresh has
+    succeeded: it is no longer served. Names the variable, never a value."""
+
+    __module__ = "secretboot"  # tracebacks say secretboot.StaleError, the public name
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+        super().__init__(
+            f"{variable} is stale: refreshing it has failed for longer than SECRETBOOT_MAX_STALE "
+            "allows past SECRETBOOT_MAX_AGE; it is served again after the next successful refresh"
+        )
+
+
 class Failure:
     """Why one variable could not be resolved.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from types import MappingProxyType
 
-from secretboot._errors import SecretbootError
+from secretboot._errors import StaleError
 from secretboot._reference import Reference
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -13,20 +13,6 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from cryptography.fernet import Fernet, MultiFernet
-
-
-class StaleError(SecretbootError):
-    """A value is past ``SECRETBOOT_MAX_AGE`` + ``SECRETBOOT_MAX_STALE`` and no refresh has
-    succeeded: it is no longer served. Names the variable, never a value."""
-
-    __module__ = "secretboot"  # tracebacks say secretboot.StaleError, the public name
-
-    def __init__(self, variable: str) -> None:
-        self.variable = variable
-        super().__init__(
-            f"{variable} is stale: refreshing it has failed for longer than SECRETBOOT_MAX_STALE "
-            "allows past SECRETBOOT_MAX_AGE; it is served again after the next successful refresh"
-        )
 
 
 class Keyring(Mapping[str, str]):

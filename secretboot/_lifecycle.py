@@ -35,8 +35,9 @@ from secretboot._errors import (
     ConfigurationError,
     Failure,
     SecretbootError,
+    StaleError,
 )
-from secretboot._keyring import Keyring, StaleError
+from secretboot._keyring import Keyring
 from secretboot._reference import (
     Reference,
     is_reference,
