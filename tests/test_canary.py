@@ -43,6 +43,8 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
 import urllib.parse
 import uuid
@@ -55,7 +57,7 @@ import pytest
 from click.testing import CliRunner
 
 import secretboot
-from secretboot import BootstrapError, ConfigurationError, SecretbootError, _cli
+from secretboot import BootstrapError, ConfigurationError, SecretbootError, _cli, _lifecycle
 from secretboot import _envelope as envelope
 from secretboot._check import check
 from secretboot.contrib.flask import SecretBoot
@@ -1027,6 +1029,239 @@ def test_export_puts_plaintext_only_where_asked_and_reset_takes_it_back(
     child_after = subprocess.run(dump, capture_output=True, check=True, timeout=TIMEOUT).stdout
     resolved = {label for labels in meant.values() for label in labels}
     assert obs.canaries.found(child_after).isdisjoint(resolved)
+
+
+# -- the library: the refresh lifecycle (issue 17) ---------------------------------------------
+# The background refresh logs from its own thread ("secretboot-refresh"), which the observation
+# captures; max_age is at its floor (1 s) and SECRETBOOT_TIMEOUT small, so each case takes a
+# few seconds of real time.
+
+
+def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def secretboot_lines(obs: Observation, level: str) -> list[str]:
+    return [text.split("\n", 1)[0] for text in obs.logs if text.startswith(f"secretboot {level} ")]
+
+
+def _rotate(world: World, env: Mapping[str, str], suffix: str) -> dict[str, str]:
+    """New versions of the SSM parameter and the Secrets Manager secret, both new canaries.
+
+    Made on a thread of its own: the test's admin client logs what it sends, and only the
+    test's main thread and secretboot's threads are the code under test."""
+    document = {"password": world.plain(f"SM-PASSWORD-{suffix}"), "note": world.plain(f"SM-NOTE-{suffix}")}
+    value = world.plain(f"OK-SSM-{suffix}")
+    ssm, sm = world.client("ssm"), world.client("secretsmanager")
+
+    def rotate() -> None:
+        name = env["OK_SSM"].removeprefix("ssm:")
+        ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+        sm.put_secret_value(SecretId="canary/sm", SecretString=json.dumps(document))
+
+    admin = threading.Thread(target=rotate, name="test-admin")
+    admin.start()
+    admin.join(30)
+    return {"OK_SSM": f"OK-SSM-{suffix}", "OK_SM": f"SM-PASSWORD-{suffix}"}
+
+
+class _HookThatQuotes:
+    """An on_refresh callback whose exception quotes every value it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[frozenset[str]] = []
+
+    def __call__(self, keyring: secretboot.Keyring, changed: frozenset[str]) -> None:
+        self.calls.append(changed)
+        raise ValueError("could not reload with " + repr(dict(keyring.items())))
+
+
+@pytest.fixture
+def thread_deaths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Threads that die with an exception (what an error reporter's threading hook sees)."""
+    deaths: list[str] = []
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        deaths.append(f"{args.thread.name if args.thread else '?'}: {args.exc_type.__name__}")
+
+    monkeypatch.setattr(threading, "excepthook", hook)
+    return deaths
+
+
+REFRESH_FAULTS: dict[str, Callable[[str], Fault]] = {
+    "throttled": lambda echo: throttle(echo),
+    "denied": lambda echo: error(400, "AccessDeniedException", echo),
+    "outage": lambda echo: server_error(503, message=echo),
+}
+
+
+@pytest.mark.parametrize("fault", list(REFRESH_FAULTS))
+def test_a_failing_background_refresh_names_variables_never_values(
+    world: World, observe: Observe, thread_deaths: list[str], fault: str
+) -> None:
+    env = _full_house(world)
+    echo = f"Value '{world.plain('ECHOED')}' at 'plaintext'; blob {env['OK_KMS'][4:]}"
+    hook = _HookThatQuotes()
+    with AwsProxy(world.endpoint) as proxy:
+        env.update(AWS_ENDPOINT_URL=proxy.url, SECRETBOOT_TIMEOUT="0.5")
+        keyring = secretboot.bootstrap(environ=env, max_age=1)
+        before = dict(keyring.items())
+        unregister = secretboot.on_refresh(hook)
+        try:
+            with observe(env) as obs:
+                rule = proxy.add_fault(REFRESH_FAULTS[fault](echo))
+                refresher = _lifecycle._state.refresher
+                assert refresher is not None
+                # Two failed refreshes: the first warns, the retry (after backoff) does not.
+                until(lambda: refresher.failures >= 2)
+                assert dict(keyring.items()) == before  # the last good values are kept
+                rotated = _rotate(world, env, "2")
+                proxy.clear_faults()
+                until(lambda: refresher.failures == 0 and bool(hook.calls))
+        finally:
+            unregister()
+    assert rule.fired >= 2
+    assert keyring["OK_SSM"].startswith(f"CANARY-{rotated['OK_SSM']}-")
+    assert hook.calls == [frozenset({"OK_SSM", "OK_SM", "OK_SM_WHOLE"})]
+    warnings = secretboot_lines(obs, "WARNING")
+    assert len([w for w in warnings if "could not refresh" in w]) == 1, warnings
+    assert all(name in warnings[0] for name in ALL_VARIABLES), warnings[0]
+    assert any("raised ValueError" in w for w in warnings), warnings
+    infos = secretboot_lines(obs, "INFO")
+    assert any("refreshed after" in line for line in infos), infos
+    assert any("3 values changed" in line for line in infos), infos
+    # The refresh thread lives on; nothing died with an exception (which would hold values).
+    assert refresher.thread is not None and refresher.thread.is_alive()
+    assert thread_deaths == []
+    obs.assert_clean()
+
+
+@TRANSPORT_INDEPENDENT
+def test_stale_reads_name_the_variable_never_a_value(world: World, observe: Observe) -> None:
+    env = {**_full_house(world), "SECRETBOOT_MAX_STALE": "0", "SECRETBOOT_TIMEOUT": "0.5"}
+    with AwsProxy(world.endpoint) as proxy:
+        env["AWS_ENDPOINT_URL"] = proxy.url
+        keyring = secretboot.bootstrap(environ=env, max_age=1)
+        with observe(env) as obs:
+            proxy.add_fault(error(400, "AccessDeniedException", f"no {world.plain('DENIED-ECHO')}"))
+            until(lambda: keyring._stale)
+            obs.call(secretboot.getenv, "OK_SSM")
+        assert isinstance(obs.error, secretboot.StaleError) and str(obs.error).startswith("OK_SSM is stale")
+        errors = secretboot_lines(obs, "ERROR")
+        assert len(errors) == 1 and "no longer served" in errors[0], errors
+        obs.assert_clean()
+        reads: list[Callable[[], object]] = [
+            lambda: keyring["OK_KMS"],
+            lambda: keyring.get("OK_SM"),  # not a KeyError: get() must not hide it
+            lambda: keyring.as_bytes("OK_SEALED"),
+            lambda: secretboot.getenv("OK_SM_WHOLE", "a default"),
+        ]
+        for read in reads:
+            with observe(env) as obs:
+                obs.call(read)
+            assert isinstance(obs.error, secretboot.StaleError), repr(obs.error)
+            obs.assert_clean()
+        # No value in it either way; but a KeyError is what a caller's "key absent" branch eats.
+        with observe(env) as obs:
+            obs.call(keyring.fernet, "OK_SM_WHOLE")
+        obs.assert_clean()
+        assert isinstance(obs.error, KeyError | secretboot.StaleError), repr(obs.error)
+
+
+@TRANSPORT_INDEPENDENT
+@pytest.mark.xfail(
+    strict=True,
+    reason="Keyring.fernet() of a stale name raises KeyError, not StaleError: _fernet() sees only the "
+    "values, which a stale keyring has dropped",
+)
+def test_keyring_fernet_of_a_stale_name_says_stale(world: World) -> None:
+    env = {**_full_house(world), "SECRETBOOT_MAX_STALE": "0", "SECRETBOOT_TIMEOUT": "0.5"}
+    keyring = secretboot.bootstrap(environ=env, max_age=1)
+    world.client("ssm").delete_parameter(Name=env["OK_SSM"].removeprefix("ssm:"))
+    until(lambda: keyring._stale)
+    with pytest.raises(secretboot.StaleError, match=r"^OK_SSM is stale"):
+        keyring.fernet("OK_SSM")
+
+
+def test_refresh_now_failures_and_pacing_name_variables_never_values(
+    world: World, observe: Observe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _full_house(world)
+    with observe(env) as obs:
+        obs.call(secretboot.refresh_now, ["OK_SSM"])
+    assert isinstance(obs.error, SecretbootError) and "before bootstrap()" in str(obs.error)
+    obs.assert_clean()
+    with AwsProxy(world.endpoint) as proxy:
+        env.update(AWS_ENDPOINT_URL=proxy.url, SECRETBOOT_TIMEOUT="0.5")
+        secretboot.bootstrap(environ=env)
+        proxy.reset_counts()
+        # Paced: every name was resolved at boot, under SECRETBOOT_REFRESH_MIN_INTERVAL ago.
+        with observe(env) as obs:
+            changed = obs.call(secretboot.refresh_now, [*ALL_VARIABLES, world.plain("NOT-A-NAME")])
+        assert changed == frozenset() and obs.error is None and proxy.counts() == {}
+        obs.assert_clean()
+        secretboot.reset()
+        env["SECRETBOOT_REFRESH_MIN_INTERVAL"] = "0"
+        keyring = secretboot.bootstrap(environ=env)
+        echo = f"Value '{world.plain('ECHOED')}'; blob {env['OK_KMS'][4:]}"
+        proxy.add_fault(error(400, "AccessDeniedException", echo))
+        with observe(env) as obs:
+            obs.call(secretboot.refresh_now, ["OK_SSM", "OK_KMS", "OK_SEALED"])
+        assert reasons(obs.error) == dict.fromkeys(["OK_KMS", "OK_SEALED", "OK_SSM"], "AccessDenied")
+        warnings = secretboot_lines(obs, "WARNING")
+        assert len(warnings) == 1 and "could not resolve" in warnings[0], warnings
+        obs.assert_clean()
+        proxy.clear_faults()
+        rotated = _rotate(world, env, "3")
+        hook = _HookThatQuotes()
+        unregister = secretboot.on_refresh(hook)
+        try:
+            with observe(env) as obs:
+                changed = obs.call(secretboot.refresh_now, None)
+        finally:
+            unregister()
+    assert obs.error is None and changed == {"OK_SSM", "OK_SM", "OK_SM_WHOLE"}
+    assert hook.calls == [changed] and keyring["OK_SM"].startswith(f"CANARY-{rotated['OK_SM']}-")
+    assert any("raised ValueError" in w for w in secretboot_lines(obs, "WARNING")), obs.logs
+    assert any("3 values changed" in line for line in secretboot_lines(obs, "INFO")), obs.logs
+    obs.assert_clean()
+    with pytest.raises(TypeError):
+        secretboot.refresh_now("OK_SSM")  # one str is not an iterable of names
+
+
+@pytest.mark.parametrize("case", ["not-found", "denied"])
+def test_prefetch_failures_name_variables_never_values(world: World, observe: Observe, case: str) -> None:
+    env = _full_house(world)
+    expected = {"MISSING": "ParameterNotFound"}
+    with AwsProxy(world.endpoint) as proxy:
+        env.update(AWS_ENDPOINT_URL=proxy.url, SECRETBOOT_TIMEOUT="0.5")
+        if case == "not-found":
+            env["MISSING"] = "ssm:/canary/missing"
+        else:
+            echo = f"Value '{world.plain('ECHOED')}'; blob {env['OK_KMS'][4:]}"
+            proxy.add_fault(error(400, "AccessDeniedException", echo), target="AmazonSSM.")
+            expected = {"OK_SSM": "AccessDenied"}
+        # Never joined: the failure is logged when it happens, and reset() drops it.
+        with observe(env) as obs:
+            secretboot.prefetch(environ=env)
+            job = _lifecycle._state.prefetch
+            assert job is not None
+            job.thread.join(10)
+            secretboot.reset()
+        errors = secretboot_lines(obs, "ERROR")
+        assert len(errors) == 1 and errors[0].startswith("secretboot ERROR prefetch() could not resolve")
+        assert all(f"{name} ({reason})" in errors[0] for name, reason in expected.items()), errors
+        obs.assert_clean()
+        # Joined: bootstrap() raises what the thread found, from the caller's thread.
+        with observe(env) as obs:
+            secretboot.prefetch(environ=env)
+            obs.call(secretboot.bootstrap, environ=env)
+    assert reasons(obs.error) == expected
+    assert len(secretboot_lines(obs, "ERROR")) == 1, obs.logs
+    obs.assert_clean()
 
 
 # -- the command line, in process: every failure path -----------------------------------------
