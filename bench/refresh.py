@@ -1,7 +1,7 @@
 """Refresh cost in a warm process (issue 17): time and AWS calls per refresh, readers' latency.
 
-    python bench/refresh.py                  # about a minute and a half on 2 cores
-    python bench/refresh.py --quick          # under 30 seconds
+    python bench/refresh.py                  # about 65 seconds on 2 cores
+    python bench/refresh.py --quick          # about 20 seconds
     python bench/refresh.py --latency-ms 50 --readers 4 --json /tmp/refresh.json --markdown /tmp/refresh.md
 
 Starts moto's server on 127.0.0.1 behind the delay proxy (tests/awsproxy.py, ``--latency-ms``,
