@@ -17,21 +17,25 @@ application's frames (here, the test's) may hold the keyring: Sentry shows it by
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
 import sentry_sdk
 from sentry_sdk.envelope import Envelope
+from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.integrations.threading import ThreadingIntegration
 from sentry_sdk.transport import Transport
 
 import secretboot
-from secretboot import BootstrapError, ConfigurationError, SecretbootError
-from tests.test_canary import Canaries, World, _full_house, _new_world
+from secretboot import BootstrapError, ConfigurationError, SecretbootError, StaleError, _lifecycle
+from tests.test_canary import Canaries, World, _full_house, _HookThatQuotes, _new_world, until
 
 ROOT = Path(__file__).resolve().parent.parent
 DJANGO_PROJECT = ROOT / "tests" / "django_project"
@@ -274,6 +278,172 @@ def test_a_failed_after_restore_with_an_environ_argument(
     event = assert_reported_clean(sentry, world.canaries, exc)
     frames = [f for v in event["exception"]["values"] for f in v["stacktrace"]["frames"]]
     assert any(f.get("function") == "after_restore" for f in frames)
+
+
+# -- the refresh lifecycle (issue 17) --------------------------------------------------------
+
+
+def _booted_for_refresh(world: World, monkeypatch: pytest.MonkeyPatch, **settings: str) -> secretboot.Keyring:
+    _environ(monkeypatch, {**_full_house(world), "SECRETBOOT_TIMEOUT": "0.5", **settings})
+    return secretboot.bootstrap(max_age=1)
+
+
+def _delete_ssm(world: World) -> None:
+    world.client("ssm").delete_parameter(Name="/canary/ok-ssm")
+
+
+def test_refresh_now_failure(world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    keyring = _booted_for_refresh(world, monkeypatch, SECRETBOOT_REFRESH_MIN_INTERVAL="0")
+    _delete_ssm(world)
+    exc = _caught(secretboot.refresh_now, ["OK_SSM", "OK_KMS"])
+    assert isinstance(exc, BootstrapError) and exc.variables == ("OK_SSM",), repr(exc)
+    assert keyring["OK_SSM"].startswith("CANARY-OK-SSM-")  # kept
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+STALE_READS: dict[str, Callable[[secretboot.Keyring], object]] = {
+    "getenv": lambda keyring: secretboot.getenv("OK_SSM"),
+    "getitem": lambda keyring: keyring["OK_KMS"],
+    "get": lambda keyring: keyring.get("OK_SM"),
+    "as-bytes": lambda keyring: keyring.as_bytes("OK_SEALED"),
+}
+
+
+@pytest.mark.parametrize("read", list(STALE_READS))
+def test_stale_reads(world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
+    keyring = _booted_for_refresh(world, monkeypatch, SECRETBOOT_MAX_STALE="0")
+    _delete_ssm(world)  # every refresh fails from now on
+    until(lambda: keyring._stale)
+    exc = _caught(STALE_READS[read], keyring)
+    assert isinstance(exc, StaleError) and "is stale" in str(exc), repr(exc)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def test_prefetch_join_failure(world: World, sentry: _Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    _environ(monkeypatch, {**_full_house(world), "MISSING": "ssm:/canary/missing"})
+    secretboot.prefetch()
+    exc = _caught(secretboot.bootstrap)
+    assert isinstance(exc, BootstrapError) and exc.variables == ("MISSING",), repr(exc)
+    assert_reported_clean(sentry, world.canaries, exc)
+
+
+def _stack_locals(frame: FrameType | None) -> dict[str, str]:
+    """The locals of secretboot's frames on a stack, walked without limits, by frame."""
+    walked: dict[str, str] = {}
+    while frame is not None:
+        code = frame.f_code
+        if Path(code.co_filename).is_relative_to(PACKAGE):
+            for name, value in frame.f_locals.items():
+                text = "\n".join(_walk(value, 0, set()))
+                walked[f"{Path(code.co_filename).name}:{code.co_name} {name}"] = text
+        frame = frame.f_back
+    return walked
+
+
+class _StackAtLogTime(logging.Handler):
+    """At each secretboot record of WARNING and above, what a reporter that attaches the
+    logging thread's stack to log events would read there (Sentry's ``attach_stacktrace``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.walks: list[tuple[str, dict[str, str]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        where = f"{record.threadName}: {record.levelname} {record.getMessage()}"
+        self.walks.append((where, _stack_locals(sys._getframe())))
+
+
+@pytest.fixture
+def sentry_with_threads(caplog: pytest.LogCaptureFixture) -> Iterator[_Capture]:
+    """Sentry as an application may set it up for a long-running process: log records become
+    breadcrumbs (INFO) and events (WARNING and above: the default is ERROR) with the logging
+    thread's stack and its locals, and an exception that ends a thread is reported."""
+    caplog.set_level(logging.INFO, logger="secretboot")
+    transport = _Capture()
+    sentry_sdk.init(
+        dsn="https://public@127.0.0.1/1",
+        transport=transport,
+        default_integrations=False,
+        integrations=[
+            LoggingIntegration(level=logging.INFO, event_level=logging.WARNING),
+            ThreadingIntegration(),
+        ],
+        attach_stacktrace=True,
+        include_local_variables=True,
+    )
+    try:
+        yield transport
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.init()
+
+
+def _events(capture: _Capture) -> list[dict[str, Any]]:
+    return [event for event in (envelope.get_event() for envelope in capture.envelopes) if event]
+
+
+def _message(event: dict[str, Any]) -> str:
+    entry = event.get("logentry", {})
+    return str(entry.get("formatted") or entry.get("message", ""))
+
+
+# Where the on_refresh callbacks are called from, the keyring they are handed is a local
+# (Sentry shows it by __sentry_repr__: names only).
+HOOK_FRAMES = ("_refresh.py:fire keyring", "_lifecycle.py:_fire keyring", "_lifecycle.py:_refresh_all ")
+
+
+def test_what_the_background_threads_report(
+    world: World, sentry_with_threads: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walker = _StackAtLogTime()
+    logging.getLogger("secretboot").addHandler(walker)
+    hook = _HookThatQuotes()
+    unregister = secretboot.on_refresh(hook)
+    try:
+        keyring = _booted_for_refresh(world, monkeypatch, SECRETBOOT_MAX_STALE="0")
+        _delete_ssm(world)  # the refresh thread fails (WARNING), marks the values stale (ERROR)
+        until(lambda: keyring._stale)
+        world.client("ssm").put_parameter(
+            Name="/canary/ok-ssm", Value=world.plain("OK-SSM-2"), Type="SecureString"
+        )
+        until(lambda: not keyring._stale and bool(hook.calls))  # served again; the hook raises
+        secretboot.reset()
+        monkeypatch.setenv("MISSING", "ssm:/canary/missing")
+        secretboot.prefetch()  # fails on its thread (ERROR), never joined
+        job = _lifecycle._state.prefetch
+        assert job is not None
+        job.thread.join(10)
+        secretboot.reset()
+    finally:
+        unregister()
+        logging.getLogger("secretboot").removeHandler(walker)
+    events = _events(sentry_with_threads)
+    messages = [_message(event) for event in events]
+    # Nothing escaped a thread (the threading integration would have reported it, with the
+    # frames' locals); the WARNINGs and ERRORs are events with the logging thread's stack.
+    assert not [event for event in events if "exception" in event], messages
+    for expected in (
+        "could not refresh OK_SSM",
+        "no longer served",
+        "raised ValueError",
+        "prefetch() could not",
+    ):
+        assert any(expected in message for message in messages), (expected, messages)
+    for event in events:
+        frames = [f for v in event["threads"]["values"] for f in v["stacktrace"]["frames"]]
+        assert any(f.get("vars") for f in frames), "sentry attached no locals"
+    surfaces: dict[str, str | bytes] = {
+        f"envelope {i}": envelope.serialize() for i, envelope in enumerate(sentry_with_threads.envelopes)
+    }
+    # Walked without limits (a reporter that ignores __sentry_repr__): nothing at any record,
+    # but the keyring where the callbacks are called.
+    for where, walked in walker.walks:
+        for frame, text in walked.items():
+            if not ("raised ValueError" in where and frame.startswith(HOOK_FRAMES)):
+                surfaces[f"{where} / {frame}"] = text
+    world.canaries.assert_absent(surfaces)
+    hook_walks = [walked for where, walked in walker.walks if "raised ValueError" in where]
+    assert hook_walks and any(world.canaries.found(text) for text in hook_walks[0].values())
 
 
 # -- the keyring -------------------------------------------------------------------------------
