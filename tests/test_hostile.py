@@ -157,6 +157,114 @@ def test_bootstrap_with_a_1mb_value(port: int, prefix: str) -> None:
         h.check_bootstrap(environ)
 
 
+@settings(PROPERTY, max_examples=60)
+@given(values=st.dictionaries(st.sampled_from(["A", "B", "DB_PASSWORD", "AWS_X", "SECRETBOOT_X"]), VALUES))
+def test_prefetch_with_hostile_environment_and_no_aws(port: int, values: dict[str, str]) -> None:
+    # The resolution runs on the prefetch thread, which logs its failure (ERROR) before the
+    # join raises it: neither echoes a value.
+    environ = {**h.unreachable_aws(port), **values}
+    allowed = h.reference_names(environ.values()) | h.shown_forms(environ) | h.listed_names(environ)
+    try:
+        with h.captured_logs() as logs, h.timed("prefetch and join with no AWS", budget=10.0):
+            secretboot.prefetch(environ=environ)
+            try:
+                secretboot.bootstrap(environ=environ)
+            except secretboot.SecretbootError as exc:
+                h.check_failures(exc, allowed)
+    finally:
+        secretboot.reset()
+    h.assert_no_echo("\n".join(logs), allowed, where="log")
+
+
+NAMES = st.lists(st.one_of(TEXT, VALUES, st.just(CANARY)), max_size=5)
+
+
+@PROPERTY
+@given(names=NAMES, booted=st.booleans())
+def test_refresh_now_with_hostile_names(port: int, names: list[str], booted: bool) -> None:
+    # Names that are no reference of the keyring are ignored (never asked for, never shown);
+    # before bootstrap() the error names no name at all.
+    if booted:
+        secretboot.bootstrap(environ={**h.unreachable_aws(port), "PLAIN": CANARY})
+    try:
+        with h.captured_logs() as logs:
+            try:
+                assert secretboot.refresh_now(names) == frozenset()
+                assert booted
+            except secretboot.SecretbootError as exc:
+                assert not booted and "before bootstrap()" in str(exc)
+                h.assert_no_echo(str(exc), where="refresh_now")
+    finally:
+        secretboot.reset()
+    assert logs == []
+
+
+@pytest.mark.parametrize(
+    "names",
+    [CANARY, 7, None.__class__, [["nested"]], {"A": CANARY}],
+    ids=["str", "int", "type", "nested", "dict"],
+)
+def test_refresh_now_with_names_that_are_not_names(port: int, names: Any) -> None:
+    secretboot.bootstrap(environ={**h.unreachable_aws(port), "PLAIN": CANARY})
+    try:
+        result = secretboot.refresh_now(names)
+    except TypeError as exc:
+        h.assert_no_echo(str(exc), where="TypeError")
+    else:
+        assert result == frozenset() and isinstance(names, dict)  # a dict iterates its keys
+
+
+@pytest.mark.parametrize(
+    "callback", [CANARY, None, 3, b"x", [print]], ids=["str", "none", "int", "bytes", "list"]
+)
+def test_on_refresh_refuses_what_cannot_be_called(callback: Any) -> None:
+    with pytest.raises(TypeError) as info:
+        secretboot.on_refresh(callback)
+    h.assert_no_echo(str(info.value), where="TypeError")
+
+
+class _Hostile(Exception):
+    """An exception whose str, repr and args all carry the canary."""
+
+    def __repr__(self) -> str:
+        return f"_Hostile({CANARY!r})"
+
+
+@pytest.mark.parametrize("aws_env", ["fast"], indirect=True)
+@pytest.mark.parametrize(
+    "raising", [_Hostile(CANARY), ValueError(CANARY), KeyError(CANARY), SystemExit(CANARY)]
+)
+def test_an_on_refresh_callback_raising_hostile_errors(
+    aws_env: dict[str, str], ssm: Any, raising: BaseException
+) -> None:
+    put(ssm, "/app/db", "value-" + CANARY)
+    env = {**aws_env, "DB": "ssm:/app/db", s.REFRESH_MIN_INTERVAL: "0"}
+    keyring = secretboot.bootstrap(environ=env)
+    calls: list[frozenset[str]] = []
+
+    def callback(keyring: secretboot.Keyring, changed: frozenset[str]) -> None:
+        calls.append(changed)
+        raise raising
+
+    unregister = secretboot.on_refresh(callback)
+    later = secretboot.on_refresh(lambda keyring, changed: calls.append(changed))
+    try:
+        with h.captured_logs() as logs:
+            if isinstance(raising, Exception):
+                assert secretboot.refresh_now(["DB"]) == frozenset()
+            else:  # not an Exception: an exit asked for by the callback goes through, unchanged
+                with pytest.raises(SystemExit):
+                    secretboot.refresh_now(["DB"])
+    finally:
+        unregister()
+        later()
+    assert keyring["DB"] == "value-" + CANARY
+    if isinstance(raising, Exception):
+        assert calls == [frozenset(), frozenset()]  # the next callback still ran
+        assert len(logs) == 2 and f"raised {type(raising).__name__}" in logs[1], logs
+    h.assert_no_echo("\n".join(logs), where="log")
+
+
 @pytest.mark.parametrize("setting", [s.EXPORT, s.TIMEOUT, s.TRANSPORT, s.KMS_CONTEXT])
 @pytest.mark.parametrize(
     "raw", [CANARY, f"1{CANARY}", "\x00" + CANARY, "\ud800" + CANARY, "[" * 100_000 + CANARY]
