@@ -20,6 +20,7 @@ import pytest
 import secretboot
 from secretboot import _cli
 from tests.test_canary import (  # noqa: F401 - canaries, observe, temp_dir, world: fixtures
+    _OUR_THREADS,
     Canaries,
     Observe,
     World,
@@ -43,6 +44,17 @@ def _suite_text() -> str:
 def test_every_public_name_is_driven_by_the_suites(name: str) -> None:
     uses = re.findall(rf"\b{re.escape(name)}\b", _suite_text())
     assert uses, f"secretboot.{name} is public but no canary or hostile test uses it"
+
+
+def test_every_thread_secretboot_starts_is_observed() -> None:
+    # The canary observation keeps the log records of the test's thread and of threads named
+    # "secretboot...": a thread named otherwise (a refresh, a prefetch, a restore) would log unseen.
+    package = Path(secretboot.__file__).parent
+    source = "\n".join(path.read_text(encoding="utf-8") for path in sorted(package.rglob("*.py")))
+    starts = [source[at.end() : at.end() + 200] for at in re.finditer(r"threading\.Thread\(", source)]
+    names = [re.search(r"""\bname=f?["']([^"']*)["']""", call) for call in starts]
+    assert len(starts) >= 5 and all(names), starts  # refresh, prefetch, restore, aead, resolve workers
+    assert all(name.group(1).startswith(_OUR_THREADS) for name in names if name), names
 
 
 def _commands() -> list[str]:
