@@ -359,6 +359,13 @@ def lookup(name: str) -> str | None:
         # The refresh thread marks it at the deadline; a read that comes first (the thread
         # frozen with the process, say) does it itself.
         _mark_stale(refresher)
+    # A resolved name needs no lock: a refresh swaps the keyring's contents in one
+    # assignment, and readers must not queue behind each other (nor behind a swap).
+    current = _state.keyring if _state.keyring is not None else keyring
+    contents = current._contents
+    if name in contents.values:
+        return contents.values[name]
+    del current, contents
     with _state.lock:
         if _state.keyring is not None:  # not ``or``: an empty keyring is falsy
             keyring = _state.keyring
