@@ -79,25 +79,26 @@ def test_prefetch_returns_at_once_and_the_join_gives_what_bootstrap_gives(
     assert proxy.counts() == prefetched_calls  # the same requests, made once
 
 
-def test_the_work_overlaps_the_callers_own(env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+def test_the_work_overlaps_the_callers_own(
+    env: dict[str, str], proxy: AwsProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not timed against a bound (this machine's load decides those; bench/run.py measures):
+    # the resolution completes while the caller does something else, and the join only
+    # applies it, asking AWS nothing more.
     caplog.set_level(logging.INFO, logger="secretboot")
     started = time.perf_counter()
-    secretboot.bootstrap(environ=env)
-    alone = time.perf_counter() - started
-    assert alone >= LATENCY
-    secretboot.reset()
-    started = time.perf_counter()
     secretboot.prefetch(environ=env)
-    prefetching = time.perf_counter() - started
-    # The application's own imports: 300 ms, or longer where the resolution alone took longer.
-    # On the boto3 transport one resolution takes 280 ms or, now and then, 500 to 600 ms
-    # (bootstrap() alone as much as a prefetch): the margin covers both.
-    time.sleep(max(0.3, 2.5 * alone))
-    started = time.perf_counter()
+    returned = time.perf_counter() - started
+    job = _bootstrap._state.prefetch
+    assert job is not None
+    assert job.done.wait(30), "the background resolution did not finish"  # the caller's own work
+    assert returned < LATENCY  # returned before a single round trip could have been made
+    calls = proxy.counts()
+    assert sum(calls.values()) > 0
     keyring = secretboot.bootstrap(environ=env)
-    joined = time.perf_counter() - started
-    assert prefetching < 0.020 and joined < 0.050, (alone, joined, caplog.text)
+    assert proxy.counts() == calls  # the join asked nothing: it applied what was fetched
     assert dict(keyring) == EXPECTED
+    assert "(prefetched; the join waited" in caplog.text
 
 
 def test_a_bad_reference_fails_at_the_join_with_bootstraps_error(
