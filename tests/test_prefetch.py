@@ -66,7 +66,7 @@ def test_prefetch_returns_at_once_and_the_join_gives_what_bootstrap_gives(
 ) -> None:
     started = time.perf_counter()
     assert secretboot.prefetch(environ=env) is None
-    assert time.perf_counter() - started < 0.020
+    assert time.perf_counter() - started < LATENCY  # before a single round trip could complete
     keyring = secretboot.bootstrap(environ=env)
     assert dict(keyring) == EXPECTED
     assert secretboot.bootstrap() is keyring  # booted: later calls return the same keyring
