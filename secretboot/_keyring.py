@@ -126,8 +126,12 @@ class Keyring(Mapping[str, str]):
         Raises ``KeyError`` for a missing ``name`` and ``ValueError`` naming the
         variable (never the value) for material that is not a Fernet key.
         """
-        made = _fernet(self._values, name, fallbacks)
-        del self  # error reporters capture frame locals
+        contents = self._contents
+        made = _fernet(contents.values, name, fallbacks)
+        stale = contents.stale and name in contents.references
+        del self, contents  # error reporters capture frame locals
+        if stale and isinstance(made, KeyError):
+            made = StaleError(name)  # not "absent": a caller's missing-key branch must not take it
         if isinstance(made, Exception):
             raise made
         return made

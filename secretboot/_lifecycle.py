@@ -183,6 +183,7 @@ class _Prefetch:
             )
         except BaseException as exc:  # a bug: kept (with its frames) for the join to raise
             found = exc
+        del expand_env  # a copy of os.environ: not in the frame that logs (error reporters read it)
         try:
             if isinstance(found, _Gathered):
                 self.found = found
@@ -493,6 +494,7 @@ def _refresh_all(refresher: Refresher) -> frozenset[str]:
         now = _clock()
         for name in keyring.references:
             _state.attempted[name] = now
+        del keyring  # its plaintext, not held in this frame through the network wait
         generation = _state.generation
         applied, changed = _boot(_state.options, quiet=True, generation=generation)
     _fire(applied, changed)

@@ -35,6 +35,7 @@ from sentry_sdk.transport import Transport
 
 import secretboot
 from secretboot import BootstrapError, ConfigurationError, SecretbootError, StaleError, _lifecycle
+from tests.awsproxy import AwsProxy, delay
 from tests.test_canary import Canaries, World, _full_house, _HookThatQuotes, _new_world, until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,6 +445,69 @@ def test_what_the_background_threads_report(
     world.canaries.assert_absent(surfaces)
     hook_walks = [walked for where, walked in walker.walks if "raised ValueError" in where]
     assert hook_walks and any(world.canaries.found(text) for text in hook_walks[0].values())
+
+
+def test_a_prefetch_failure_logged_with_its_stack_holds_no_environment_copy(
+    world: World, sentry_with_threads: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prefetch() with an env file copies os.environ (references, ciphertext, the AWS secret key)
+    # for the file's ${VAR} expansion; the frame that logs the failure must not still hold it.
+    # A Lambda's environment is small: Sentry's ten items of a mapping reach the AWS keys.
+    walker = _StackAtLogTime()
+    logging.getLogger("secretboot").addHandler(walker)
+    env_file = world.folder / ".env"
+    env_file.write_text(f"FILE_KMS={world.kms('FILE-KMS')}\n", encoding="utf-8")
+    os.environ.clear()  # restored by conftest's _clean_state
+    os.environ.update({**world.env, "OK_KMS": world.kms("OK-KMS"), "MISSING": "ssm:/canary/missing"})
+    try:
+        secretboot.prefetch(env_file=env_file)
+        job = _lifecycle._state.prefetch
+        assert job is not None
+        job.thread.join(10)
+    finally:
+        logging.getLogger("secretboot").removeHandler(walker)
+    events = _events(sentry_with_threads)
+    assert [_message(event) for event in events] == [
+        "prefetch() could not resolve MISSING (ParameterNotFound); the next bootstrap() or getenv() raises it"
+    ]
+    surfaces: dict[str, str | bytes] = {"envelope": sentry_with_threads.envelopes[-1].serialize()}
+    surfaces.update(
+        {f"{where} / {frame}": text for where, walked in walker.walks for frame, text in walked.items()}
+    )
+    world.canaries.assert_absent(surfaces)
+
+
+def test_the_refresh_threads_frames_while_it_waits_on_the_network(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sampling profiler, a hang dump (faulthandler, py-spy --locals) or a SnapStart snapshot
+    # taken while a refresh waits for AWS sees the refresh thread's frames. What they hold is
+    # what the resolution needs (the references, the AWS credentials): never the plaintext
+    # the keyring already holds, nor any plaintext before an answer arrives.
+    env = _full_house(world)
+    with AwsProxy(world.endpoint) as proxy:
+        _environ(monkeypatch, {**env, "AWS_ENDPOINT_URL": proxy.url, "SECRETBOOT_TIMEOUT": "5"})
+        keyring = secretboot.bootstrap(max_age=1)
+        refresher = _lifecycle._state.refresher
+        assert refresher is not None and refresher.thread is not None
+        ident = refresher.thread.ident
+        proxy.add_fault(delay(1.5))
+
+        def waiting() -> dict[str, str]:
+            frame = sys._current_frames().get(ident or 0)
+            walked = _stack_locals(frame)
+            return walked if any(":resolve " in name for name in walked) else {}
+
+        walked: dict[str, str] = {}
+        until(lambda: bool(walked.update(waiting()) or walked), 10)
+        found = {name: world.canaries.found(text) for name, text in walked.items()}
+        proxy.clear_faults()
+    plaintext = {"OK-KMS", "OK-SSM", "SM-PASSWORD", "SM-NOTE", "OK-SEALED", "DATA-KEY-raw"}
+    held = {name: labels & plaintext for name, labels in found.items() if labels & plaintext}
+    assert held == {}, held
+    # The inputs are there, as they must be to make the requests: the test would see a leak.
+    assert set().union(*found.values()) >= {"AWS-SECRET", "OK-KMS-ct"}, found
+    assert len(keyring) == 5
 
 
 # -- the keyring -------------------------------------------------------------------------------
