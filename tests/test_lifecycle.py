@@ -83,7 +83,9 @@ def test_a_failing_refresh_keeps_the_last_good_values_and_warns_once(
     env: dict[str, str], ssm: Any, proxy: AwsProxy, caplog: pytest.LogCaptureFixture, fault: Any
 ) -> None:
     caplog.set_level(logging.INFO, logger="secretboot")
-    keyring = secretboot.bootstrap(environ={**env, "SECRETBOOT_TIMEOUT": "0.5"}, max_age=1)
+    booted = dict(env)  # the boot's own deadline: boto3 may need more than 0.5 s to build clients
+    keyring = secretboot.bootstrap(environ=booted, max_age=1)
+    booted["SECRETBOOT_TIMEOUT"] = "0.5"  # read again by each refresh: failing ones give up fast
     _rotate(ssm, "/app/db", CANARY + "-db-2")
     proxy.reset_counts()
     rule = proxy.add_fault(fault, target=GET)
@@ -106,9 +108,9 @@ def test_a_failing_refresh_keeps_the_last_good_values_and_warns_once(
 def test_max_stale_fails_reads_closed_and_a_success_serves_again(
     env: dict[str, str], ssm: Any, proxy: AwsProxy
 ) -> None:
-    keyring = secretboot.bootstrap(
-        environ={**env, "SECRETBOOT_TIMEOUT": "0.5", "SECRETBOOT_MAX_STALE": "0.5"}, max_age=1
-    )
+    booted = {**env, "SECRETBOOT_MAX_STALE": "0.5"}
+    keyring = secretboot.bootstrap(environ=booted, max_age=1)
+    booted["SECRETBOOT_TIMEOUT"] = "0.5"  # as above: the boot had the default deadline
     proxy.add_fault(throttle(), target=GET)
     _wait(lambda: keyring._stale, 10)
     with pytest.raises(secretboot.StaleError, match=r"^DB is stale"):

@@ -285,8 +285,10 @@ def test_a_failed_after_restore_with_an_environ_argument(
 
 
 def _booted_for_refresh(world: World, monkeypatch: pytest.MonkeyPatch, **settings: str) -> secretboot.Keyring:
-    _environ(monkeypatch, {**_full_house(world), "SECRETBOOT_TIMEOUT": "0.5", **settings})
-    return secretboot.bootstrap(max_age=1)
+    _environ(monkeypatch, {**_full_house(world), **settings})
+    keyring = secretboot.bootstrap(max_age=1)  # the default deadline: boto3 builds its clients
+    monkeypatch.setenv("SECRETBOOT_TIMEOUT", "0.5")  # read again by each refresh: failures are quick
+    return keyring
 
 
 def _delete_ssm(world: World) -> None:
