@@ -93,8 +93,8 @@ class Lab:
         self._emulators: list[RuntimeEmulator] = []
         self._runtimes: list[RuntimeProcess] = []
 
-    def emulator(self, *, hold_restore: bool = False) -> RuntimeEmulator:
-        emulator = RuntimeEmulator(function_name=FUNCTION, region=REGION, hold_restore=hold_restore)
+    def emulator(self, *, hold_restore: bool = False, **kw: Any) -> RuntimeEmulator:
+        emulator = RuntimeEmulator(function_name=FUNCTION, region=REGION, hold_restore=hold_restore, **kw)
         emulator.start()
         self._emulators.append(emulator)
         return emulator

@@ -36,10 +36,9 @@ from tests.lambda_runtime import (
     RuntimeEmulator,
     RuntimeProcess,
     runtime_environment,
-    start_runtime,
 )
 from tests.localaws import REGION, client
-from tests.test_lambda import FUNCTION, INIT_CALLS, PARAM, PROBE_DIR, WAIT, Aws, assert_answer, probe
+from tests.test_lambda import FUNCTION, INIT_CALLS, PARAM, PROBE_DIR, WAIT, Aws, Lab, assert_answer, probe
 
 _CREDENTIAL = re.compile(r"Credential=([A-Z0-9]+)/")
 # What botocore and boto3 import for a client or a credentials chain. The bare ``botocore``
@@ -95,42 +94,17 @@ def aws(moto_endpoint: str, tmp_path: Path) -> Iterator[Aws]:
         set_moto_auth(moto_endpoint, False)  # whatever a test left on
 
 
-class Lab:
-    """Emulators serving container credentials and their runtimes; all stopped by PID."""
-
-    def __init__(self) -> None:
-        self._emulators: list[RuntimeEmulator] = []
-        self._runtimes: list[RuntimeProcess] = []
-
-    def emulator(self, keys: dict[str, str]) -> RuntimeEmulator:
-        emulator = RuntimeEmulator(
-            function_name=FUNCTION, region=REGION, hold_restore=True, container_credentials=keys
-        )
-        emulator.start()
-        self._emulators.append(emulator)
-        return emulator
-
-    def start(self, emulator: RuntimeEmulator, env: dict[str, str]) -> RuntimeProcess:
-        runtime = start_runtime(
-            emulator, "snapstart_probe.handler", env=env, snap_start=True, container_credentials=True
-        )
-        self._runtimes.append(runtime)
-        return runtime
-
-    def close(self) -> None:
-        for runtime in self._runtimes:
-            runtime.stop()
-        for emulator in self._emulators:
-            emulator.stop()
-
-
 @pytest.fixture
 def lab() -> Iterator[Lab]:
+    """tests/test_lambda.py's emulators and runtimes, all stopped by PID."""
     lab = Lab()
     try:
         yield lab
     finally:
         lab.close()
+
+
+HANDLER = "snapstart_probe.handler"
 
 
 def snapshot(emulator: RuntimeEmulator, runtime: RuntimeProcess) -> dict[str, Any]:
@@ -215,9 +189,9 @@ def test_the_restore_resolves_again_through_container_credentials(
     env = dict(aws.env)
     if transport == "boto3":
         env["SECRETBOOT_TRANSPORT"] = "boto3"
-    emulator = lab.emulator(keys)
+    emulator = lab.emulator(hold_restore=True, container_credentials=keys)
     with moto_auth(moto_endpoint):  # only the served keys, correctly signed, get through
-        runtime = lab.start(emulator, env)
+        runtime = lab.start(emulator, HANDLER, env, snap_start=True, container_credentials=True)
         before = snapshot(emulator, runtime)
         # INIT: one credentials request, two AWS calls signed with the served key.
         assert emulator.credential_requests(status=None) == {"init": 1}
@@ -256,9 +230,9 @@ def test_credentials_rotated_during_the_snapshot_sign_the_restore(
     aws: Aws, lab: Lab, moto_endpoint: str
 ) -> None:
     old, new = moto_credentials(moto_endpoint), moto_credentials(moto_endpoint)
-    emulator = lab.emulator(old)
+    emulator = lab.emulator(hold_restore=True, container_credentials=old)
     with moto_auth(moto_endpoint):
-        runtime = lab.start(emulator, aws.env)
+        runtime = lab.start(emulator, HANDLER, aws.env, snap_start=True, container_credentials=True)
         snapshot(emulator, runtime)
         assert set(signed_with(aws)) == {old["AccessKeyId"]}
 
@@ -313,9 +287,9 @@ def test_credentials_refused_after_the_restore_fail_it_closed(
     env = dict(aws.env)
     if transport == "boto3":
         env["SECRETBOOT_TRANSPORT"] = "boto3"
-    emulator = lab.emulator(keys)
+    emulator = lab.emulator(hold_restore=True, container_credentials=keys)
     with moto_auth(moto_endpoint):
-        runtime = lab.start(emulator, env)
+        runtime = lab.start(emulator, HANDLER, env, snap_start=True, container_credentials=True)
         snapshot(emulator, runtime)
         emulator.refuse_credentials(403)
         released = time.monotonic()
